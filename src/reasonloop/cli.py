@@ -1,0 +1,249 @@
+"""The `reasonloop` command: init, sample, eval, demo.
+
+Errors caused by input (unknown task, missing model path, bad config key,
+malformed JSONL) print one line, ``error: ...``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from reasonloop.core import ReasonloopError
+
+HOME = Path(os.environ.get("REASONLOOP_HOME", "~/.cache/reasonloop")).expanduser()
+NANO_DIR = HOME / "nano"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str) -> Iterator[Any]:
+    """A rich progress bar on stderr; yields `advance(k)`. Plain lines when not a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*cols, console=_console(), transient=False) as prog:
+        task = prog.add_task(description, total=total)
+        yield lambda k=1: prog.advance(task, k)
+
+
+def resolve_model(path: str) -> Path:
+    """`nano` names the built-in model in $REASONLOOP_HOME; anything else is a directory."""
+    return NANO_DIR if path == "nano" else Path(path).expanduser()
+
+
+def _task_from_args(args: argparse.Namespace):
+    from reasonloop.core.config import load_config
+    from reasonloop.tasks import get_task
+
+    options: dict[str, Any] = {}
+    for item in args.task_option or []:
+        k, _, v = item.partition("=")
+        if not _:
+            raise ReasonloopError(f"--task-option '{item}': expected key=value")
+        import yaml
+
+        options[k] = yaml.safe_load(v)
+    del load_config
+    return get_task(args.task, data=args.data, **options)
+
+
+# --- init ----------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from reasonloop.core import load_config, set_threads
+    from reasonloop.core.jsonl import atomic_write_json
+    from reasonloop.models.nano import NanoConfig, train_nano
+
+    cfg = load_config(NanoConfig, args.config, args.set)
+    out = Path(args.out).expanduser()
+    con = _console()
+    if (out / "config.json").exists() and not args.force:
+        con.print(f"nano model already at {out} (use --force to rebuild)")
+    else:
+        set_threads(args.threads)
+        t0 = time.perf_counter()
+        log_path = out.with_name(out.name + "-train.jsonl")
+        from reasonloop.core import JsonlWriter
+
+        with progress_bar(cfg.steps, "training nano model") as advance, JsonlWriter(log_path) as log:
+            train_nano(out, cfg, log=log.write, progress=lambda s, n, loss: advance())
+        build_s = time.perf_counter() - t0
+        atomic_write_json(out / "reasonloop_build.json", {"config": cfg.__dict__, "build_seconds": build_s})
+        con.print(f"built nano model in {build_s:.0f}s at {out}")
+    if args.eval_problems > 0:
+        args.model, args.task, args.data, args.task_option = str(out), "arith", None, []
+        args.split, args.num_problems, args.n = "test", args.eval_problems, 16
+        args.temperature, args.top_p, args.max_new_tokens, args.seed = 1.0, 1.0, 128, 0
+        args.output = str(out / "eval_arith.json")
+        return cmd_eval(args)
+    return 0
+
+
+# --- eval ----------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from reasonloop.core import atomic_write_json, set_threads
+    from reasonloop.engine import HFEngine
+    from reasonloop.eval import EvalConfig, evaluate, summary_rows
+
+    set_threads(getattr(args, "threads", None))
+    task = _task_from_args(args)
+    engine = HFEngine.from_pretrained(resolve_model(args.model), max_batch=args.max_batch)
+    problems = task.problems(args.split, args.num_problems, seed=args.seed)
+    cfg = EvalConfig(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    t0 = time.perf_counter()
+    with progress_bar(len(problems) * (1 + args.n), f"evaluating on {task.name}") as advance:
+        result = evaluate(engine, task, problems, cfg, progress=advance)
+    result["seconds"] = time.perf_counter() - t0
+    table = Table(title=f"{args.model} on {task.name} ({len(problems)} {args.split} problems, n={args.n})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in summary_rows(result):
+        table.add_row(name, f"{100 * value:.1f}%")
+    table.add_row("tokens generated", f"{result['tokens']['generated']:,}")
+    table.add_row("seconds", f"{result['seconds']:.1f}")
+    from rich.console import Console
+
+    Console().print(table)
+    out = {k: v for k, v in result.items() if k != "samples"}
+    out.update(model=str(args.model), task=task.name, split=args.split, config=cfg.__dict__)
+    atomic_write_json(args.output, out)
+    _console().print(f"wrote {args.output}")
+    return 0
+
+
+# --- sample --------------------------------------------------------------------
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Sample completions to JSONL; rerunning resumes after the last problem fully written."""
+    from reasonloop.core import JsonlWriter, read_jsonl, set_threads
+    from reasonloop.engine import HFEngine
+    from reasonloop.eval import grade
+
+    set_threads(args.threads)
+    task = _task_from_args(args)
+    problems = task.problems(args.split, args.num_problems, seed=args.seed)
+    out = Path(args.output)
+    done: dict[str, int] = {}
+    if out.exists():
+        from reasonloop.core import repair_jsonl
+
+        repair_jsonl(out)
+        for rec in read_jsonl(out):
+            done[rec["problem_id"]] = done.get(rec["problem_id"], 0) + 1
+    todo = [p for p in problems if done.get(p.id, 0) < args.n]
+    if not todo:
+        _console().print(f"all {len(problems)} problems already sampled in {out}")
+        return 0
+    engine = HFEngine.from_pretrained(resolve_model(args.model), max_batch=args.max_batch)
+    batch = max(1, args.max_batch // args.n)
+    with progress_bar(len(todo) * args.n, f"sampling {task.name}") as advance, JsonlWriter(out) as w:
+        for b in range(0, len(todo), batch):
+            group = todo[b : b + batch]
+            res = engine.generate(
+                [p.prompt for p in group], args.n, temperature=args.temperature, top_p=args.top_p,
+                max_new_tokens=args.max_new_tokens, seed=args.seed + b, progress=advance,
+            )
+            for p, ss in zip(group, res):
+                for j, s in enumerate(ss[done.get(p.id, 0) :], start=done.get(p.id, 0)):
+                    s.meta["sample_index"] = j
+                    w.write(grade(task, p, s).to_dict())
+    _console().print(f"wrote {len(todo) * args.n} samples to {out}")
+    return 0
+
+
+# --- demo ----------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build the nano base if needed, then evaluate it on held-out arith problems."""
+    args.out, args.config, args.set, args.force = str(NANO_DIR), None, [], False
+    return cmd_init(args)
+
+
+# --- parser --------------------------------------------------------------------
+
+
+def _add_task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="arith", help="arith, countdown, gsm8k or math (default: arith)")
+    p.add_argument("--data", help="JSONL file for the gsm8k and math tasks")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="world knob, e.g. max_ops=5 (repeatable)")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="problem split (default: test)")
+    p.add_argument("--num-problems", type=int, default=200, help="how many problems (default: 200)")
+
+
+def _add_gen_args(p: argparse.ArgumentParser, n_default: int) -> None:
+    p.add_argument("--model", default="nano", help="model directory, or 'nano' for the built-in model (default)")
+    p.add_argument("--n", type=int, default=n_default, help=f"samples per problem (default: {n_default})")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="generation budget (default: 128)")
+    p.add_argument("--max-batch", type=int, default=256, help="rows decoded at once; bounds KV-cache memory")
+    p.add_argument("--seed", type=int, default=0, help="problem and sampling seed (default: 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reasonloop", description="Generator-verifier self-play for reasoning.")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="build the nano base model from scratch, then evaluate it")
+    p.add_argument("--out", default=str(NANO_DIR), help=f"where to save it (default: {NANO_DIR})")
+    p.add_argument("--config", help="YAML file of NanoConfig keys")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a NanoConfig key (repeatable)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the model exists")
+    p.add_argument("--eval-problems", type=int, default=200, help="held-out problems to evaluate on (0: skip)")
+    p.add_argument("--max-batch", type=int, default=256, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("sample", help="sample completions to a JSONL file (resumable)")
+    _add_task_args(p)
+    _add_gen_args(p, 4)
+    p.add_argument("--output", required=True, help="JSONL file to append samples to")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="greedy accuracy, pass@k and maj@k of a model on a task")
+    _add_task_args(p)
+    _add_gen_args(p, 16)
+    p.add_argument("--output", default="eval.json", help="where to write the JSON results (default: eval.json)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="the whole story on the built-in nano model and arith world")
+    p.add_argument("--eval-problems", type=int, default=200, help="held-out problems to evaluate on")
+    p.add_argument("--max-batch", type=int, default=256, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ReasonloopError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

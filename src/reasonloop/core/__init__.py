@@ -1,0 +1,39 @@
+"""Layer 1: problems, samples, steps, run directories, atomic JSONL, seeding, the Generator protocol."""
+
+from reasonloop.core.config import from_dict, load_config, to_dict
+from reasonloop.core.generator import Generator, TokenCounts
+from reasonloop.core.jsonl import JsonlWriter, atomic_write_json, atomic_write_text, read_jsonl, repair_jsonl
+from reasonloop.core.rundir import RunDir
+from reasonloop.core.seeding import seed_everything, set_threads
+from reasonloop.core.types import (
+    ConfigError,
+    DataError,
+    Problem,
+    ReasonloopError,
+    Sample,
+    join_steps,
+    split_steps,
+)
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "Generator",
+    "JsonlWriter",
+    "Problem",
+    "ReasonloopError",
+    "RunDir",
+    "Sample",
+    "TokenCounts",
+    "atomic_write_json",
+    "atomic_write_text",
+    "from_dict",
+    "join_steps",
+    "load_config",
+    "read_jsonl",
+    "repair_jsonl",
+    "seed_everything",
+    "set_threads",
+    "split_steps",
+    "to_dict",
+]

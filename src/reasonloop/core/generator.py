@@ -1,0 +1,59 @@
+"""The `Generator` protocol, declared here so any layer can take a generator without importing the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from reasonloop.core.types import Sample
+
+
+@dataclass
+class TokenCounts:
+    """Compute spent by a generator: tokens it generated, prompt tokens it encoded, tokens it scored."""
+
+    generated: int = 0
+    prefilled: int = 0
+    scored: int = 0
+    calls: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.generated + self.prefilled + self.scored
+
+    def __sub__(self, other: TokenCounts) -> TokenCounts:
+        return TokenCounts(
+            self.generated - other.generated,
+            self.prefilled - other.prefilled,
+            self.scored - other.scored,
+            self.calls - other.calls,
+        )
+
+    def copy(self) -> TokenCounts:
+        return TokenCounts(self.generated, self.prefilled, self.scored, self.calls)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Anything that writes and scores completions.
+
+    `generate` returns, for each prompt, `n` samples. With `stop=[delimiter]` it
+    yields one step at a time. `logprobs` returns, per (prompt, completion) pair,
+    the log-probability of each completion token. `counts` accumulates compute.
+    """
+
+    counts: TokenCounts
+
+    def generate(
+        self,
+        prompts: list[str],
+        n: int = 1,
+        *,
+        temperature: float = 1.0,
+        max_new_tokens: int = 256,
+        stop: list[str] | None = None,
+        seed: int = 0,
+        top_p: float = 1.0,
+    ) -> list[list[Sample]]: ...
+
+    def logprobs(self, prompts: list[str], completions: list[str]) -> list[list[float]]: ...

@@ -1,0 +1,145 @@
+"""Append-only JSONL that survives being killed mid-write, and atomic whole-file writes.
+
+A record is one `write()` of `json + "\\n"` followed by a flush (and fsync when
+asked). If the process dies mid-write the file ends without a newline: that torn
+last line is detected, reported and dropped, never parsed, both when reading and
+when a writer reopens the file to append.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from reasonloop.core.types import DataError
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` so that readers see the old or the new file, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _torn_tail_offset(path: Path) -> int | None:
+    """Byte offset where a torn (newline-less) last line starts, or None if the file is whole."""
+    size = path.stat().st_size
+    if size == 0:
+        return None
+    with open(path, "rb") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return None
+        # Walk back to the previous newline in blocks.
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            pos -= step
+            f.seek(pos)
+            block = f.read(step)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                return pos + nl + 1
+        return 0
+
+
+def read_jsonl(path: str | os.PathLike, *, drop_torn_tail: bool = True) -> Iterator[dict[str, Any]]:
+    """Yield the records of a JSONL file.
+
+    Blank lines are skipped. A line that is not a JSON object raises `DataError`
+    naming `file:line`. A last line without its newline is a torn write: with
+    `drop_torn_tail` it is dropped with a warning (never parsed); otherwise it
+    raises `DataError`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    torn_at = _torn_tail_offset(path)
+    with open(path, "rb") as f:
+        offset = 0
+        for lineno, raw in enumerate(f, start=1):
+            if torn_at is not None and offset >= torn_at:
+                msg = f"{path}:{lineno}: last line is incomplete (torn write)"
+                if not drop_torn_tail:
+                    raise DataError(msg)
+                warnings.warn(msg + "; dropped", stacklevel=2)
+                return
+            offset += len(raw)
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                reason = getattr(e, "msg", str(e))
+                raise DataError(f"{path}:{lineno}: invalid JSON: {reason}") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            yield rec
+
+
+def repair_jsonl(path: str | os.PathLike) -> bool:
+    """Truncate a torn last line so appends start on a fresh line. Returns True if one was cut."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    torn_at = _torn_tail_offset(path)
+    if torn_at is None:
+        return False
+    with open(path, "r+b") as f:
+        f.truncate(torn_at)
+    warnings.warn(f"{path}: dropped a torn last line", stacklevel=2)
+    return True
+
+
+class JsonlWriter:
+    """Append records to a JSONL file, one whole line per write.
+
+    Opening repairs a torn tail left by a killed writer. Use as a context manager.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, fsync: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair_jsonl(self.path)
+        self._f = open(self.path, "a", encoding="utf-8")
+        self._fsync = fsync
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._f.flush()
+        if self._fsync:
+            os.fsync(self._f.fileno())
+
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        for r in records:
+            self.write(r)
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,77 @@
+"""A run directory: everything one recipe or command did, resumable after a kill.
+
+Layout::
+
+    RUN/config.yaml      the configuration the run was started with
+    RUN/state.json       what is finished (written atomically)
+    RUN/samples/*.jsonl  append-only samples
+    RUN/checkpoints/     saved models
+    RUN/metrics.jsonl    one JSON object per logged step
+    RUN/report.md, RUN/plots/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reasonloop.core.jsonl import JsonlWriter, atomic_write_json, atomic_write_text, read_jsonl
+from reasonloop.core.types import ConfigError
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        for sub in ("samples", "checkpoints", "plots"):
+            (self.path / sub).mkdir(exist_ok=True)
+
+    # --- config ---------------------------------------------------------------
+    def save_config(self, config: dict[str, Any]) -> None:
+        """Record the config; a rerun with a different config is refused (it would mix two runs)."""
+        cfg_path = self.path / "config.yaml"
+        if cfg_path.exists():
+            old = yaml.safe_load(cfg_path.read_text()) or {}
+            if old != config:
+                changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+                raise ConfigError(
+                    f"{cfg_path}: run was started with a different config (keys {changed}); "
+                    "use a new run directory or restore the original config"
+                )
+            return
+        atomic_write_text(cfg_path, yaml.safe_dump(config, sort_keys=True))
+
+    # --- state ----------------------------------------------------------------
+    @property
+    def state(self) -> dict[str, Any]:
+        p = self.path / "state.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def update_state(self, **changes: Any) -> dict[str, Any]:
+        state = self.state
+        state.update(changes)
+        atomic_write_json(self.path / "state.json", state)
+        return state
+
+    # --- samples and metrics --------------------------------------------------
+    def samples_path(self, name: str) -> Path:
+        return self.path / "samples" / f"{name}.jsonl"
+
+    def sample_writer(self, name: str) -> JsonlWriter:
+        return JsonlWriter(self.samples_path(name))
+
+    def read_samples(self, name: str) -> list[dict[str, Any]]:
+        p = self.samples_path(name)
+        return list(read_jsonl(p)) if p.exists() else []
+
+    def log_metrics(self, **metrics: Any) -> None:
+        with JsonlWriter(self.path / "metrics.jsonl") as w:
+            w.write({"time": time.time(), **metrics})
+
+    def checkpoint(self, name: str) -> Path:
+        return self.path / "checkpoints" / name

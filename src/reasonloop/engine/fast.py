@@ -1,0 +1,110 @@
+"""A decoding forward pass for Llama-family models with a per-row static KV cache.
+
+Transformers' `generate()` keeps one cache length for the whole batch, grows it
+with a `torch.cat` per layer per token, and keeps finished rows in the batch.
+Here each row has its own write position in a preallocated cache, so the engine
+can (1) encode a shared prompt once and copy its cache to many rows, (2) drop
+finished rows from the batch, and (3) write new keys in place.
+
+Only the attention and the cache are written here; embeddings, norms, rotary
+tables, MLPs and the LM head are the model's own modules, so numerics match
+transformers (checked in tests for Llama, Qwen2 and the nano model). Supported:
+`llama`, `mistral` (without a sliding window), `qwen2`, `qwen3`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+
+Cache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: K, V of shape (B, H_kv, T, D)
+
+
+def supports(model) -> bool:
+    cfg = model.config
+    if cfg.model_type not in SUPPORTED:
+        return False
+    if getattr(cfg, "use_sliding_window", False) or (
+        cfg.model_type == "mistral" and getattr(cfg, "sliding_window", None)
+    ):
+        return False
+    return hasattr(model, "model") and hasattr(model.model, "rotary_emb")
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class FastDecoder:
+    """`forward(ids, start, cache)` for rows that each sit at their own position."""
+
+    def __init__(self, model):
+        if not supports(model):
+            raise ValueError(f"fast path does not support model_type '{model.config.model_type}'")
+        self.model = model
+        self.base = model.model
+        cfg = model.config
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        p = next(model.parameters())
+        self.dtype, self.device = p.dtype, p.device
+
+    def new_cache(self, batch: int, length: int) -> Cache:
+        shape = (batch, self.n_kv, length, self.head_dim)
+        return [
+            (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
+            for _ in self.base.layers
+        ]
+
+    @staticmethod
+    def select(cache: Cache, rows: torch.Tensor, length: int | None = None) -> Cache:
+        """Keep cache rows `rows` (with repeats: this is how one prompt's cache feeds many samples)."""
+        return [(k[rows, :, :length], v[rows, :, :length]) for k, v in cache]
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        ids: torch.Tensor,  # (B, L) tokens; row b sits at positions start[b] .. start[b]+L-1
+        start: torch.Tensor,  # (B,) where each row's tokens go in the cache
+        cache: Cache,
+        logits_at: torch.Tensor | None = None,  # (B,) one position per row, or None for all
+    ) -> torch.Tensor:
+        """Write the rows' keys/values into `cache` and return logits, (B, V) or (B, L, V).
+
+        Row b attends to its cache slots 0 .. start[b]+i, which must hold its own
+        earlier tokens: slots past a row's length may hold anything.
+        """
+        B, L = ids.shape
+        offsets = torch.arange(L, device=ids.device)
+        pos = start[:, None] + offsets  # (B, L)
+        t_k = int(start.max()) + L
+        x = self.base.embed_tokens(ids)  # (B, L, C)
+        cos, sin = self.base.rotary_emb(x, pos)  # (B, L, D)
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, L, D)
+        mask = (torch.arange(t_k, device=ids.device)[None, None, :] <= pos[:, :, None])[:, None]  # (B, 1, L, Tk)
+        rows = torch.arange(B, device=ids.device)[:, None]  # (B, 1)
+        for layer, (K, V) in zip(self.base.layers, cache):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(B, L, self.n_heads, self.head_dim)
+            k = attn.k_proj(h).view(B, L, self.n_kv, self.head_dim)
+            v = attn.v_proj(h).view(B, L, self.n_kv, self.head_dim)
+            if hasattr(attn, "q_norm"):  # qwen3 normalises each head before rotary
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, D)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            K[rows, :, pos] = k.transpose(1, 2)  # (B, L, H_kv, D) into slots pos
+            V[rows, :, pos] = v.transpose(1, 2)
+            o = F.scaled_dot_product_attention(
+                q, K[:, :, :t_k], V[:, :, :t_k], attn_mask=mask, scale=attn.scaling, enable_gqa=self.n_kv != self.n_heads
+            )  # (B, H, L, D)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        if logits_at is not None:
+            x = x[torch.arange(B, device=ids.device), logits_at]  # (B, C)
+        return self.model.lm_head(self.base.norm(x)).float()

@@ -1,0 +1,281 @@
+"""The `hf` backend: batched sampling over a transformers model with a KV cache.
+
+- `n` samples per prompt; the prompt is encoded once and its cache copied to the
+  `n` rows (and to every row of an identical prompt), so many rollouts from one
+  prefix never re-encode it.
+- Rows are processed in chunks of at most `max_batch`, so KV-cache memory is
+  bounded by the batch, not by `len(prompts) * n`.
+- Finished rows leave the batch as soon as enough of them have finished.
+- Temperature, top-p, stop strings (one step at a time with `stop=[delimiter]`),
+  per-token logprobs under the untempered model, deterministic for a seed.
+- `counts` accumulates tokens generated, prompt tokens encoded and tokens scored.
+
+Llama-family models run on `FastDecoder`; other architectures fall back to
+`transformers.generate` per chunk (same results format, without prefix sharing).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+
+from reasonloop.core import Sample, TokenCounts
+from reasonloop.engine import fast
+
+ProgressFn = Callable[[int], None]
+
+
+def _sample_tokens(
+    logits: torch.Tensor,  # (B, V) float32
+    temperature: float,
+    top_p: float,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row; return (tokens (B,), their logprobs under the raw model (B,))."""
+    logp = torch.log_softmax(logits, dim=-1)
+    if temperature <= 0:
+        tok = logits.argmax(dim=-1)
+    else:
+        scaled = logits / temperature
+        if top_p < 1.0:
+            sorted_logits, order = scaled.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(dim=-1)
+            # drop a token when the mass before it already reaches top_p (the top token always stays)
+            drop = probs.cumsum(dim=-1) - probs >= top_p
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+            scaled = torch.full_like(scaled, float("-inf")).scatter(1, order, sorted_logits)
+        tok = torch.multinomial(scaled.softmax(dim=-1), 1, generator=gen).squeeze(1)
+    return tok, logp.gather(1, tok[:, None]).squeeze(1)
+
+
+class HFEngine:
+    """Generator over a local transformers causal LM. See the module docstring."""
+
+    def __init__(self, model, tokenizer, *, max_batch: int = 256, name: str | None = None, share_prefix: bool = True):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.share_prefix = share_prefix
+        self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
+        self.counts = TokenCounts()
+        self.decoder = fast.FastDecoder(model) if fast.supports(model) else None
+        self.eos_ids = self._eos_ids()
+        self._stop_tables: dict[tuple[str, ...], torch.Tensor] = {}
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> HFEngine:
+        from reasonloop.models import load_model
+
+        model, tokenizer = load_model(path)
+        return cls(model, tokenizer, name=str(path), **kwargs)
+
+    # --- tokens -----------------------------------------------------------------
+    def _eos_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id if self.model.generation_config else None
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        ids = ids if isinstance(ids, list) else [ids]
+        return [i for i in ids if i is not None]
+
+    def encode(self, prompt: str) -> list[int]:
+        ids = self.tokenizer(prompt)["input_ids"]
+        if not ids:
+            raise ValueError("empty prompt: the engine needs at least one prompt token")
+        return ids
+
+    def _stop_table(self, stop: tuple[str, ...]) -> torch.Tensor:
+        """(V,) bool: token ids whose text contains a stop string (or is an EOS)."""
+        if stop not in self._stop_tables:
+            V = self.model.get_output_embeddings().weight.shape[0]
+            table = torch.zeros(V, dtype=torch.bool)
+            if stop:
+                texts = self.tokenizer.convert_ids_to_tokens(list(range(min(V, len(self.tokenizer)))))
+                for i, t in enumerate(texts):
+                    if t is not None:
+                        s = self.tokenizer.convert_tokens_to_string([t])
+                        table[i] = any(x in s for x in stop)
+            table[self.eos_ids] = True
+            self._stop_tables[stop] = table
+        return self._stop_tables[stop]
+
+    # --- generate ----------------------------------------------------------------
+    def generate(
+        self,
+        prompts: list[str],
+        n: int = 1,
+        *,
+        temperature: float = 1.0,
+        max_new_tokens: int = 256,
+        stop: list[str] | None = None,
+        seed: int = 0,
+        top_p: float = 1.0,
+        progress: ProgressFn | None = None,
+    ) -> list[list[Sample]]:
+        """`n` samples for each prompt; see the module docstring for the contract."""
+        if n < 1 or max_new_tokens < 1:
+            raise ValueError("need n >= 1 and max_new_tokens >= 1")
+        stop_t = tuple(s for s in (stop or []) if s)
+        prompt_ids = [self.encode(p) for p in prompts]
+        rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
+        out: list[list[Sample | None]] = [[None] * n for _ in prompts]
+        gen = torch.Generator().manual_seed(seed)
+        run = self._run_chunk_fast if self.decoder is not None else self._run_chunk_hf
+        for c in range(0, len(rows), self.max_batch):
+            chunk = rows[c : c + self.max_batch]
+            toks, lps, reasons = run([prompt_ids[i] for i, _ in chunk], temperature, top_p, max_new_tokens, stop_t, gen)
+            for (i, j), t, lp, why in zip(chunk, toks, lps, reasons):
+                out[i][j] = self._make_sample(t, lp, why, stop_t, temperature, seed)
+            self.counts.calls += 1
+            if progress:
+                progress(len(chunk))
+        return out  # type: ignore[return-value]
+
+    def _make_sample(self, toks: list[int], lps: list[float], reason: str, stop: tuple[str, ...], temperature: float, seed: int) -> Sample:
+        text = self.tokenizer.decode(toks, skip_special_tokens=True)
+        matched = None
+        if reason != "eos" and stop:
+            hits = [(text.find(s), s) for s in stop if s in text]
+            if hits:
+                cut, matched = min(hits)
+                text, reason = text[:cut], "stop"
+        meta = {"model": self.name, "temperature": temperature, "seed": seed, "finish_reason": reason}
+        if matched is not None:
+            meta["stop"] = matched
+        return Sample(problem_id="", text=text, token_ids=toks, logprobs=lps, meta=meta)
+
+    def _run_chunk_fast(self, prompts: list[list[int]], temperature, top_p, max_new, stop, gen):
+        dec = self.decoder
+        assert dec is not None
+        B = len(prompts)
+        # 1. encode each distinct prompt once
+        if self.share_prefix:
+            uniq: dict[tuple[int, ...], int] = {}
+            row_src = torch.tensor([uniq.setdefault(tuple(p), len(uniq)) for p in prompts])
+            uniq_prompts = [list(p) for p in uniq]
+        else:
+            row_src, uniq_prompts = torch.arange(B), prompts
+        lens = torch.tensor([len(p) for p in uniq_prompts])
+        l_max = int(lens.max())
+        ids = torch.full((len(uniq_prompts), l_max), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        for u, p in enumerate(uniq_prompts):
+            ids[u, : len(p)] = torch.tensor(p)
+        prompt_cache = dec.new_cache(len(uniq_prompts), l_max)
+        first_logits = dec.forward(ids, torch.zeros(len(uniq_prompts), dtype=torch.long), prompt_cache, logits_at=lens - 1)
+        self.counts.prefilled += int(lens.sum())
+        # 2. copy the prompt caches to the sample rows, with room for the new tokens
+        cache = dec.new_cache(B, l_max + max_new)
+        for (k, v), (pk, pv) in zip(cache, prompt_cache):
+            k[:, :, :l_max] = pk[row_src]
+            v[:, :, :l_max] = pv[row_src]
+        del prompt_cache
+        logits = first_logits[row_src]  # (B, V)
+        pos = lens[row_src].clone()  # next write position per active row
+        active = torch.arange(B)  # chunk row of each active row
+        out_tok = torch.zeros(B, max_new, dtype=torch.long)
+        out_lp = torch.zeros(B, max_new)
+        out_len = torch.full((B,), max_new)
+        reasons = ["length"] * B
+        stop_table = self._stop_table(stop)
+        text_stops = [s for s in stop if len(s) > 1]  # may span tokens: check decoded text
+        window = 4 * max((len(s) for s in text_stops), default=0)
+        alive = torch.ones(B, dtype=torch.bool)
+        for t in range(max_new):
+            tok, lp = _sample_tokens(logits, temperature, top_p, gen)
+            out_tok[active, t] = tok
+            out_lp[active, t] = lp
+            self.counts.generated += int(alive.sum())
+            done = alive & stop_table[tok]
+            if text_stops:
+                for r in torch.nonzero(alive & ~done).flatten().tolist():
+                    tail = self.tokenizer.decode(out_tok[active[r], max(0, t + 1 - window) : t + 1])
+                    if any(s in tail for s in text_stops):
+                        done[r] = True
+            for r in torch.nonzero(done).flatten().tolist():
+                row = int(active[r])
+                out_len[row] = t + 1
+                reasons[row] = "eos" if int(tok[r]) in self.eos_ids else "stop"
+            alive &= ~done
+            n_alive = int(alive.sum())
+            if n_alive == 0 or t == max_new - 1:
+                break
+            # drop finished rows once they are an eighth of the batch (copying the cache costs too)
+            if len(alive) - n_alive >= max(1, len(alive) // 8):
+                keep = torch.nonzero(alive).flatten()
+                cache = dec.select(cache, keep, int(pos[keep].max()) + max_new - t)
+                active, pos, tok, alive = active[keep], pos[keep], tok[keep], alive[keep]
+            logits = dec.forward(tok[:, None], pos, cache, logits_at=torch.zeros_like(pos))
+            pos = pos + 1
+        lengths = out_len.tolist()
+        return (
+            [out_tok[r, : lengths[r]].tolist() for r in range(B)],
+            [out_lp[r, : lengths[r]].tolist() for r in range(B)],
+            reasons,
+        )
+
+    def _run_chunk_hf(self, prompts: list[list[int]], temperature, top_p, max_new, stop, gen):
+        """Fallback for architectures the fast path does not cover: `transformers.generate`."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        l_max = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), l_max), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, p in enumerate(prompts):
+            ids[r, l_max - len(p) :] = torch.tensor(p)
+            mask[r, l_max - len(p) :] = 1
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        kw = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        with torch.inference_mode():
+            res = self.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new, eos_token_id=self.eos_ids,
+                pad_token_id=pad, output_logits=True, return_dict_in_generate=True, **kw,
+            )
+        self.counts.prefilled += sum(len(p) for p in prompts)
+        new = res.sequences[:, l_max:]  # (B, T)
+        logp = torch.log_softmax(torch.stack(res.logits, dim=1).float(), dim=-1)  # (B, T, V)
+        stop_table = self._stop_table(stop)
+        toks, lps, reasons = [], [], []
+        for r in range(len(prompts)):
+            row = new[r].tolist()
+            end = next((t + 1 for t, x in enumerate(row) if stop_table[x]), len(row))
+            reason = "length" if end == len(row) and not stop_table[row[-1]] else ("eos" if row[end - 1] in self.eos_ids else "stop")
+            toks.append(row[:end])
+            lps.append(logp[r, torch.arange(end), new[r, :end]].tolist())
+            reasons.append(reason)
+            self.counts.generated += end
+        return toks, lps, reasons
+
+    # --- scoring -----------------------------------------------------------------
+    @torch.inference_mode()
+    def logprobs(self, prompts: list[str], completions: list[str]) -> list[list[float]]:
+        """Log-probability of each completion token given its prompt (completion tokenised on its own)."""
+        if len(prompts) != len(completions):
+            raise ValueError("prompts and completions must have the same length")
+        out: list[list[float]] = []
+        for c in range(0, len(prompts), self.max_batch):
+            ps = [self.encode(p) for p in prompts[c : c + self.max_batch]]
+            cs = [self.tokenizer(x, add_special_tokens=False)["input_ids"] for x in completions[c : c + self.max_batch]]
+            out.extend(self._score_chunk(ps, cs))
+        return out
+
+    def _score_chunk(self, ps: list[list[int]], cs: list[list[int]]) -> list[list[float]]:
+        pad = self.tokenizer.pad_token_id or 0
+        full = [p + c for p, c in zip(ps, cs)]
+        l_max = max(len(f) for f in full)
+        ids = torch.full((len(full), l_max), pad, dtype=torch.long)
+        for r, f in enumerate(full):
+            ids[r, : len(f)] = torch.tensor(f)
+        if self.decoder is not None:
+            cache = self.decoder.new_cache(len(full), l_max)
+            logits = self.decoder.forward(ids, torch.zeros(len(full), dtype=torch.long), cache)  # (B, T, V)
+        else:
+            mask = (torch.arange(l_max)[None] < torch.tensor([len(f) for f in full])[:, None]).long()
+            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        out = []
+        for r, (p, c) in enumerate(zip(ps, cs)):
+            pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)
+            out.append(logp[r, pos, torch.tensor(c, dtype=torch.long)].tolist())
+            self.counts.scored += len(c)
+            self.counts.prefilled += len(p)
+        return out

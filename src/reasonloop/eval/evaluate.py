@@ -1,0 +1,87 @@
+"""Evaluate a generator on a task: greedy accuracy, pass@k, maj@k, with per-problem records."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from reasonloop.core import Generator, Problem, Sample
+from reasonloop.eval.metrics import maj_at_k, pass_at_k
+from reasonloop.tasks import Task
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What `evaluate` measures."""
+
+    n: int = 16  # samples per problem for pass@k and maj@k (0: greedy only)
+    temperature: float = 1.0  # sampling temperature for the n samples
+    top_p: float = 1.0  # nucleus sampling mass
+    max_new_tokens: int = 128  # generation budget per completion
+    seed: int = 0  # sampling seed
+
+
+def grade(task: Task, problem: Problem, sample: Sample) -> Sample:
+    """Fill in steps, parsed answer and reward of `sample` with the task's own check."""
+    sample.problem_id = problem.id
+    sample.steps = task.steps(sample.text) if hasattr(task, "steps") else [sample.text]
+    sample.answer = task.extract_answer(sample.text)
+    sample.reward = float(task.is_correct(problem, sample.text))
+    return sample
+
+
+def evaluate(
+    generator: Generator,
+    task: Task,
+    problems: list[Problem],
+    cfg: EvalConfig = EvalConfig(),
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Greedy accuracy, and with `cfg.n` samples: pass@k and maj@k for k = 1, 2, 4, .. n.
+
+    `progress` is called with the number of completions finished, as they finish.
+    Returns a summary dict with a `per_problem` list and the graded `samples`.
+    """
+    prompts = [p.prompt for p in problems]
+    before = generator.counts.copy()
+    kw = dict(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    greedy = generator.generate(prompts, 1, temperature=0.0, progress=progress, **kw)  # type: ignore[call-arg]
+    greedy_ok = [grade(task, p, s[0]).reward for p, s in zip(problems, greedy)]
+    result: dict[str, Any] = {"num_problems": len(problems), "greedy_accuracy": sum(greedy_ok) / len(problems)}
+    per_problem: list[dict[str, Any]] = [
+        {"id": p.id, "answer": p.answer, "greedy": s[0].answer, "greedy_correct": bool(ok)}
+        for p, s, ok in zip(problems, greedy, greedy_ok)
+    ]
+    samples: list[Sample] = [s[0] for s in greedy]
+    if cfg.n > 0:
+        from reasonloop.eval.metrics import ks_up_to
+
+        sampled = generator.generate(
+            prompts, cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, progress=progress, **kw  # type: ignore[call-arg]
+        )
+        ks = ks_up_to(cfg.n)
+        sums = {f"pass@{k}": 0.0 for k in ks} | {f"maj@{k}": 0.0 for k in ks}
+        for rec, p, ss in zip(per_problem, problems, sampled):
+            graded = [grade(task, p, s) for s in ss]
+            c = int(sum(s.reward for s in graded))
+            answers = [s.answer for s in graded]
+            rec["n_correct"] = c
+            for k in ks:
+                sums[f"pass@{k}"] += pass_at_k(cfg.n, c, k)
+                sums[f"maj@{k}"] += maj_at_k(answers, p.answer, k)
+            samples.extend(graded)
+        result.update({k: v / len(problems) for k, v in sums.items()})
+    spent = generator.counts - before
+    result["tokens"] = {"generated": spent.generated, "prefilled": spent.prefilled}
+    result["per_problem"] = per_problem
+    result["samples"] = samples
+    return result
+
+
+def summary_rows(result: dict[str, Any]) -> list[tuple[str, float]]:
+    """(metric, value) rows for printing, in a stable order."""
+    rows = [("greedy accuracy", result["greedy_accuracy"])]
+    rows += [(k, v) for k, v in result.items() if k.startswith("pass@")]
+    rows += [(k, v) for k, v in result.items() if k.startswith("maj@")]
+    return rows

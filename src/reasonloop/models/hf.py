@@ -1,0 +1,82 @@
+"""Load and save any local Hugging Face causal LM and its tokenizer (safetensors)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from reasonloop.core import ReasonloopError
+
+
+def check_model_dir(path: str | os.PathLike) -> Path:
+    """Fail with one line if `path` is not a saved model directory."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ReasonloopError(f"model path '{p}' does not exist (run `reasonloop init` to build the nano model)")
+    if not (p / "config.json").exists():
+        raise ReasonloopError(f"model path '{p}' has no config.json: not a Hugging Face model directory")
+    return p
+
+
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer saved in `path`, as the checkpoint declares it.
+
+    transformers 5's `AutoTokenizer` prefers the model type's own tokenizer class
+    (Qwen2's for a Qwen2 config), which rebuilds the pipeline and would change a
+    custom `tokenizer.json` (it drops whitespace from the nano tokenizer). A
+    checkpoint that declares the generic class gets exactly its `tokenizer.json`.
+    """
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    cfg_path = Path(path) / "tokenizer_config.json"
+    declared = json.loads(cfg_path.read_text()).get("tokenizer_class") if cfg_path.exists() else None
+    if declared in GENERIC_TOKENIZER_CLASSES:
+        return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """Load `(model, tokenizer)` from a local directory, in eval mode.
+
+    Any `AutoModelForCausalLM` architecture works; nothing is downloaded.
+    """
+    from transformers import AutoModelForCausalLM
+
+    p = check_model_dir(path)
+    try:
+        tokenizer = load_tokenizer(p)
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ReasonloopError(f"cannot load model from '{p}': {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def save_model(model, tokenizer, path: str | os.PathLike) -> Path:
+    """Save model (safetensors) and tokenizer so that `load_model(path)` restores both.
+
+    Written to a temporary sibling and renamed, so a kill never leaves half a checkpoint.
+    """
+    p = Path(path).expanduser()
+    tmp = p.with_name(p.name + ".tmp-save")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if p.exists():
+        import shutil
+
+        shutil.rmtree(p)
+    os.replace(tmp, p)
+    return p

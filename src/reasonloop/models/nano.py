@@ -1,0 +1,196 @@
+"""The nano model: a character-level Llama trained from scratch on the `arith` world in minutes on a CPU.
+
+Run it with ``reasonloop init`` (which also evaluates the result).
+
+Training data, as in STaR's setting of a large "pretraining" corpus plus a small
+seed set P of worked rationales:
+
+(a) single arithmetic operations of the world, ``37+45=82``, packed many to a row;
+(b) a few hundred worked multi-step solutions of *train*-split problems.
+
+The seed set holds only short chains (`seed_max_ops`), while held-out problems
+run longer, and training stops early on purpose: the base must be imperfect
+(greedy accuracy 20-50%, pass@16 at least twice that) so that self-improvement
+and verifiers have room to work.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reasonloop.models.hf import save_model
+from reasonloop.tasks.arith import ArithConfig, ArithTask
+
+SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+CHARS = (
+    list("0123456789+-*/=:() \n")
+    + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+    + list(".,;?!#%$'\"_<>[]{}^&|~@\\`")
+)
+
+
+@dataclass(frozen=True)
+class NanoConfig:
+    """How the nano base model is built."""
+
+    hidden_size: int = 128  # width of the transformer
+    n_layers: int = 4  # transformer blocks
+    n_heads: int = 4  # attention heads
+    n_kv_heads: int = 2  # key/value heads (grouped-query attention)
+    mlp_size: int = 352  # SwiGLU hidden size
+    seq_len: int = 128  # training row length in tokens
+    batch_size: int = 32  # rows per optimiser step
+    steps: int = 1200  # optimiser steps
+    lr: float = 3e-3  # peak learning rate (cosine decay to 10%)
+    warmup: int = 50  # linear warm-up steps
+    n_seed_solutions: int = 300  # size of the seed set P of worked solutions
+    seed_max_ops: int = 3  # the seed set only holds chains this short
+    seed_fraction: float = 0.25  # share of training documents that are worked solutions
+    facts_per_doc: int = 8  # operations per "pretraining" document
+    seed: int = 0  # everything derives from this seed
+
+
+def build_tokenizer():
+    """A character-level fast tokenizer built with the `tokenizers` library (BPE with no merges)."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + CHARS)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        clean_up_tokenization_spaces=False,
+        model_max_length=1024,
+    )
+
+
+def build_model(cfg: NanoConfig, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.mlp_size,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        max_position_embeddings=1024,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(cfg.seed)
+    return LlamaForCausalLM(config)
+
+
+def seed_set(task: ArithTask, cfg: NanoConfig) -> list[tuple[str, str]]:
+    """STaR's small seed set P: (prompt, worked solution) for short train-split chains."""
+    short = ArithTask(ArithConfig(**{**task.config.__dict__, "max_ops": min(cfg.seed_max_ops, task.config.max_ops)}))
+    problems = short.problems("train", cfg.n_seed_solutions, seed=cfg.seed + 1)
+    return [(p.prompt, p.meta["solution"]) for p in problems]
+
+
+class _Docs:
+    """An endless stream of tokenised documents: worked solutions and blocks of single operations."""
+
+    def __init__(self, task: ArithTask, cfg: NanoConfig, tokenizer):
+        self.rng = random.Random(cfg.seed)
+        self.cfg = cfg
+        self.eos = tokenizer.eos_token_id
+        self.solutions = [tokenizer(p + s)["input_ids"] + [self.eos] for p, s in seed_set(task, cfg)]
+        self.tokenizer = tokenizer
+        self.task = task
+        self._facts: list[str] = []
+        self._fact_seed = cfg.seed
+
+    def _fact(self) -> str:
+        if not self._facts:
+            self._fact_seed += 1
+            self._facts = self.task.facts(4096, seed=self._fact_seed)
+        return self._facts.pop()
+
+    def next(self) -> list[int]:
+        if self.rng.random() < self.cfg.seed_fraction:
+            return self.rng.choice(self.solutions)
+        text = "\n".join(self._fact() for _ in range(self.cfg.facts_per_doc))
+        return self.tokenizer(text)["input_ids"] + [self.eos]
+
+    def batch(self) -> torch.Tensor:
+        """(B, T+1) rows packed with whole documents (a row starts at a document start)."""
+        T = self.cfg.seq_len + 1
+        rows = []
+        for _ in range(self.cfg.batch_size):
+            row: list[int] = []
+            while len(row) < T:
+                row.extend(self.next())
+            rows.append(row[:T])
+        return torch.tensor(rows)
+
+
+def train_nano(
+    out_dir: str | Path,
+    cfg: NanoConfig | None = None,
+    task: ArithTask | None = None,
+    log: Callable[[dict], None] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    callback: Callable[[int, object, object], None] | None = None,
+) -> Path:
+    """Train the nano base from scratch and save it (model + tokenizer) to `out_dir`."""
+    cfg = cfg or NanoConfig()
+    task = task or ArithTask()
+    tokenizer = build_tokenizer()
+    model = build_model(cfg, tokenizer)
+    model.train()
+    docs = _Docs(task, cfg, tokenizer)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    t0 = time.perf_counter()
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        rows = docs.batch()
+        inputs, targets = rows[:, :-1], rows[:, 1:]  # (B, T)
+        logits = model(input_ids=inputs).logits  # (B, T, V)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if progress:
+            progress(step + 1, cfg.steps, loss.item())
+        if callback:
+            model.eval()
+            callback(step + 1, model, tokenizer)
+            model.train()
+        if log and (step % 50 == 0 or step == cfg.steps - 1):
+            log({"step": step, "loss": loss.item(), "lr": lr_at(step), "elapsed_s": time.perf_counter() - t0})
+    model.eval()
+    return save_model(model, tokenizer, out_dir)

@@ -1,0 +1,44 @@
+"""Layer 2: problem sources. Built-in worlds (`arith`, `countdown`) and JSONL files (GSM8K, MATH)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from reasonloop.core import ConfigError, from_dict
+from reasonloop.tasks.arith import ArithConfig, ArithTask
+from reasonloop.tasks.base import Task, hash_split
+from reasonloop.tasks.countdown import CountdownConfig, CountdownTask
+from reasonloop.tasks.jsonl import FORMATS, JsonlFormat, JsonlTask
+
+TASKS = ("arith", "countdown", "gsm8k", "math")
+
+
+def get_task(name: str, data: str | None = None, **options: Any) -> Task:
+    """A task by name. Worlds take their config keys as options; file tasks need `data` (a JSONL path)."""
+    if name == "arith":
+        return ArithTask(from_dict(ArithConfig, options, source="arith options"))
+    if name == "countdown":
+        return CountdownTask(from_dict(CountdownConfig, options, source="countdown options"))
+    if name in FORMATS:
+        if data is None:
+            raise ConfigError(f"task '{name}' reads a JSONL file: pass its path (--data FILE)")
+        return JsonlTask(data, name)
+    near = difflib.get_close_matches(name, TASKS, n=1)
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    raise ConfigError(f"unknown task '{name}'{hint}; valid tasks: {', '.join(TASKS)}")
+
+
+__all__ = [
+    "ArithConfig",
+    "ArithTask",
+    "CountdownConfig",
+    "CountdownTask",
+    "FORMATS",
+    "JsonlFormat",
+    "JsonlTask",
+    "TASKS",
+    "Task",
+    "get_task",
+    "hash_split",
+]

@@ -1,0 +1,204 @@
+"""`arith`: a built-in world of multi-step arithmetic chains, evaluated left to right.
+
+A problem is a chain such as ``Q: 12+7*3-5`` meaning ((12+7)*3)-5. Its canonical
+solution writes one operation per step and ends with the answer::
+
+    12+7=19
+    19*3=57
+    57-5=52
+    A: 52
+
+Every step is exactly checkable (`step_labels`), which gives exact step labels
+for evaluating process verifiers. The hint variant of the prompt states the
+answer, for STaR rationalisation. Problems are assigned to train or test by a
+hash of the expression, so the splits never overlap whatever the seed.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from reasonloop.core import Problem, join_steps
+from reasonloop.tasks.base import WorldTask, check_split, hash_split
+
+STEP_RE = re.compile(r"^\s*(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
+
+
+@dataclass(frozen=True)
+class ArithConfig:
+    """Knobs of the arithmetic world."""
+
+    min_ops: int = 2  # fewest operations in a chain
+    max_ops: int = 4  # most operations in a chain
+    start_max: int = 50  # first number is drawn from [1, start_max]
+    operand_max: int = 50  # operands of + and - are drawn from [1, operand_max]
+    mul_max: int = 9  # operands of * and / are drawn from [2, mul_max]
+    value_max: int = 999  # every intermediate value stays in [0, value_max]
+    operators: str = "+-*"  # which of + - * / may appear
+    test_fraction: float = 0.2  # share of the expression space that is test-only
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_ops <= self.max_ops:
+            raise ValueError(f"need 1 <= min_ops <= max_ops, got {self.min_ops}, {self.max_ops}")
+        bad = set(self.operators) - set(OPS)
+        if bad or not self.operators:
+            raise ValueError(f"operators must be a non-empty subset of '+-*/', got '{self.operators}'")
+
+
+@dataclass(frozen=True)
+class Chain:
+    start: int
+    ops: tuple[tuple[str, int], ...]
+
+    @property
+    def expression(self) -> str:
+        return str(self.start) + "".join(f"{op}{b}" for op, b in self.ops)
+
+    def values(self) -> list[int]:
+        """Running values after each operation."""
+        out, v = [], self.start
+        for op, b in self.ops:
+            v = OPS[op](v, b)
+            out.append(v)
+        return out
+
+    def steps(self) -> list[str]:
+        steps, v = [], self.start
+        for (op, b), nv in zip(self.ops, self.values()):
+            steps.append(f"{v}{op}{b}={nv}")
+            v = nv
+        return steps + [f"A: {v}"]
+
+
+def parse_expression(expr: str) -> Chain:
+    """Inverse of `Chain.expression`.
+
+    >>> parse_expression("12+7*3-5").values()
+    [19, 57, 52]
+    """
+    tokens = re.findall(r"\d+|[-+*/]", expr)
+    ops = tuple((tokens[i], int(tokens[i + 1])) for i in range(1, len(tokens) - 1, 2))
+    return Chain(int(tokens[0]), ops)
+
+
+def random_chain(rng: random.Random, cfg: ArithConfig, n_ops: int) -> Chain:
+    v = rng.randint(1, cfg.start_max)
+    start, ops = v, []
+    while len(ops) < n_ops:
+        op = rng.choice(cfg.operators)
+        b = rng.randint(2, cfg.mul_max) if op in "*/" else rng.randint(1, cfg.operand_max)
+        if op == "/" and v % b:
+            continue
+        nv = OPS[op](v, b)
+        if 0 <= nv <= cfg.value_max:
+            ops.append((op, b))
+            v = nv
+    return Chain(start, tuple(ops))
+
+
+def step_arithmetic_is_right(step: str) -> bool | None:
+    """Whether an `a op b = c` step computes correctly; None if the step is not an operation.
+
+    >>> step_arithmetic_is_right("19*3=57"), step_arithmetic_is_right("19*3=56"), step_arithmetic_is_right("A: 5")
+    (True, False, None)
+    """
+    m = STEP_RE.match(step)
+    if not m:
+        return None
+    a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+    if op == "/" and (b == 0 or a % b):
+        return False
+    return OPS[op](a, b) == c
+
+
+class ArithTask(WorldTask):
+    name = "arith"
+
+    def __init__(self, config: ArithConfig | None = None):
+        self.config = config or ArithConfig()
+
+    def problem_from_chain(self, chain: Chain) -> Problem:
+        answer = str(chain.values()[-1])
+        expr = chain.expression
+        return Problem(
+            id=f"arith-{expr}",
+            prompt=f"Q: {expr}\n",
+            answer=answer,
+            meta={
+                "n_ops": len(chain.ops),
+                "hint_prompt": f"Q: {expr} (answer {answer})\n",
+                "solution": join_steps(chain.steps(), self.step_delimiter),
+                "source": "arith",
+            },
+        )
+
+    def problems(self, split: str = "test", n: int = 100, seed: int = 0) -> list[Problem]:
+        """`n` distinct problems of `split`, drawn deterministically from `seed`."""
+        check_split(split)
+        rng = random.Random(f"arith/{split}/{seed}")
+        seen: set[str] = set()
+        out: list[Problem] = []
+        attempts = 0
+        while len(out) < n:
+            attempts += 1
+            if attempts > 1000 * n + 10000:
+                raise ValueError(f"arith: cannot find {n} distinct {split} problems with {self.config}")
+            chain = random_chain(rng, self.config, rng.randint(self.config.min_ops, self.config.max_ops))
+            expr = chain.expression
+            if expr in seen or hash_split(expr, self.config.test_fraction) != split:
+                continue
+            seen.add(expr)
+            out.append(self.problem_from_chain(chain))
+        return out
+
+    def facts(self, n: int, seed: int = 0) -> list[str]:
+        """`n` single operations `a op b=c` drawn from the chains of the world (a "pretraining" corpus)."""
+        rng = random.Random(f"arith/facts/{seed}")
+        out: list[str] = []
+        while len(out) < n:
+            chain = random_chain(rng, self.config, self.config.max_ops)
+            out.extend(chain.steps()[:-1])
+        return out[:n]
+
+    def is_correct(self, problem: Problem, completion: str) -> bool:
+        return self.extract_answer(completion) == problem.answer
+
+    def step_labels(self, problem: Problem, steps: list[str]) -> list[bool]:
+        """Exact correctness of each step in context.
+
+        An operation step is correct when its arithmetic is right, its left operand
+        is the value the previous step produced, and its operator and right operand
+        are the next ones in the problem. The answer step is correct when it states
+        the last value after all operations. Steps after an error are judged given
+        the (possibly wrong) values written before them, so the first False is the
+        first error, as in ProcessBench.
+        """
+        chain = parse_expression(problem.prompt.removeprefix("Q:").strip().split()[0])
+        labels: list[bool] = []
+        value, k = chain.start, 0
+        for step in steps:
+            m = STEP_RE.match(step)
+            if m:
+                a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+                ok = (
+                    k < len(chain.ops)
+                    and a == value
+                    and (op, b) == chain.ops[k]
+                    and bool(step_arithmetic_is_right(step))
+                )
+                labels.append(ok)
+                value, k = c, k + 1
+            else:
+                ans = self.extract_answer(step)
+                labels.append(ans is not None and k == len(chain.ops) and ans == str(value))
+        return labels
+
+    def first_error(self, problem: Problem, steps: list[str]) -> int | None:
+        """Index of the first wrong step, or None if every step is right."""
+        for i, ok in enumerate(self.step_labels(problem, steps)):
+            if not ok:
+                return i
+        return None

@@ -1,0 +1,63 @@
+"""What every task provides: problems by split, step splitting, answer extraction, a correctness check."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Protocol, runtime_checkable
+
+from reasonloop.core import Problem, split_steps
+
+SPLITS = ("train", "test")
+ANSWER_RE = re.compile(r"A:\s*(-?[\d.]+)\s*$")
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str
+    step_delimiter: str
+
+    def problems(self, split: str = "test", n: int = 100, seed: int = 0) -> list[Problem]: ...
+
+    def extract_answer(self, completion: str) -> str | None: ...
+
+    def is_correct(self, problem: Problem, completion: str) -> bool: ...
+
+
+def hash_split(key: str, test_fraction: float = 0.2) -> str:
+    """Assign a problem to 'train' or 'test' by a hash of its content, so splits never overlap.
+
+    >>> hash_split("7+5*3") in ("train", "test")
+    True
+    """
+    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
+    return "test" if h < test_fraction else "train"
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        from reasonloop.core import ConfigError
+
+        raise ConfigError(f"unknown split '{split}' (valid: {', '.join(SPLITS)})")
+
+
+class WorldTask:
+    """Shared behaviour of the built-in worlds: `\\n`-delimited steps ending in `A: <answer>`."""
+
+    name = "world"
+    step_delimiter = "\n"
+
+    def steps(self, completion: str) -> list[str]:
+        return split_steps(completion, self.step_delimiter)
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The number after the last `A:` line, or None.
+
+        >>> WorldTask().extract_answer("1+2=3\\nA: 3")
+        '3'
+        """
+        for line in reversed(self.steps(completion)):
+            m = ANSWER_RE.search(line)
+            if m:
+                return m.group(1)
+        return None

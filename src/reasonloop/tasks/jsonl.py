@@ -1,0 +1,121 @@
+"""Problems from JSONL files: GSM8K format, MATH format, or any file with a field mapping.
+
+- GSM8K: `question`, `answer` (worked solution whose last line is ``#### N``).
+- MATH: `problem`, `solution` (LaTeX, answer in ``\\boxed{}``), `answer`.
+
+A malformed line raises `DataError` naming ``file:line`` and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from reasonloop.core import DataError, Problem, read_jsonl, split_steps
+from reasonloop.tasks.base import check_split
+
+NUMBER_RE = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+
+
+@dataclass(frozen=True)
+class JsonlFormat:
+    """How to read problems from a JSONL file."""
+
+    prompt_field: str  # field holding the question text
+    answer_field: str  # field holding the reference answer (or worked solution)
+    answer_style: str = "plain"  # "gsm8k": answer after '#### '; "plain": the field as is
+    solution_field: str | None = None  # field holding a worked solution, kept in meta
+    id_field: str | None = None  # field holding a stable id (else file name + line)
+    prompt_template: str = "Question: {prompt}\nAnswer:"  # how the question is shown to the model
+    step_delimiter: str = "\n"
+
+
+FORMATS = {
+    "gsm8k": JsonlFormat("question", "answer", answer_style="gsm8k", solution_field="answer"),
+    "math": JsonlFormat("problem", "answer", solution_field="solution", id_field="unique_id"),
+}
+
+
+def gsm8k_final_answer(text: str) -> str | None:
+    """The number after ``####`` with commas removed.
+
+    >>> gsm8k_final_answer("so 3 + 4 = 7\\n#### 1,007")
+    '1007'
+    """
+    m = re.search(r"####\s*(.+?)\s*$", text.strip())
+    if not m:
+        return None
+    return m.group(1).replace(",", "").replace("$", "").strip()
+
+
+def last_number(text: str) -> str | None:
+    """The last number in `text`, without commas or dollar signs.
+
+    >>> last_number("She pays $1,200.50 in total.")
+    '1200.50'
+    """
+    found = NUMBER_RE.findall(text)
+    return found[-1].replace(",", "").replace("$", "") if found else None
+
+
+class JsonlTask:
+    """Problems read from a file. A file has one split: `problems(split=...)` returns it for either name."""
+
+    def __init__(self, path: str | Path, fmt: JsonlFormat | str = "gsm8k", name: str | None = None):
+        self.path = Path(path)
+        self.format = FORMATS[fmt] if isinstance(fmt, str) else fmt
+        self.name = name or (fmt if isinstance(fmt, str) else "jsonl")
+        self.step_delimiter = self.format.step_delimiter
+        self._problems: list[Problem] | None = None
+
+    def load(self) -> list[Problem]:
+        if self._problems is not None:
+            return self._problems
+        f = self.format
+        out: list[Problem] = []
+        for lineno, rec in enumerate(read_jsonl(self.path, drop_torn_tail=False), start=1):
+            where = f"{self.path}:{lineno}"
+            for key in (f.prompt_field, f.answer_field):
+                if key not in rec:
+                    raise DataError(f"{where}: missing field '{key}'")
+            raw_answer = str(rec[f.answer_field])
+            if f.answer_style == "gsm8k":
+                answer = gsm8k_final_answer(raw_answer)
+                if answer is None:
+                    raise DataError(f"{where}: field '{f.answer_field}' has no '#### <answer>' line")
+            else:
+                answer = raw_answer.strip()
+            pid = str(rec[f.id_field]) if f.id_field and f.id_field in rec else f"{self.path.stem}-{lineno}"
+            meta = {k: v for k, v in rec.items() if k not in (f.prompt_field, f.answer_field, f.solution_field)}
+            if f.solution_field and f.solution_field in rec:
+                meta["solution"] = rec[f.solution_field]
+            meta["source"] = str(self.path)
+            prompt = f.prompt_template.format(prompt=rec[f.prompt_field])
+            out.append(Problem(id=pid, prompt=prompt, answer=answer, meta=meta))
+        self._problems = out
+        return out
+
+    def problems(self, split: str = "test", n: int | None = None, seed: int = 0) -> list[Problem]:
+        check_split(split)
+        probs = self.load()
+        return probs if n is None else probs[:n]
+
+    def steps(self, completion: str) -> list[str]:
+        return split_steps(completion, self.step_delimiter)
+
+    def extract_answer(self, completion: str) -> str | None:
+        return gsm8k_final_answer(completion) or last_number(completion)
+
+    def is_correct(self, problem: Problem, completion: str) -> bool:
+        """Numeric comparison when both sides are numbers, else exact string match.
+
+        The graders layer provides fuller checks (math equivalence via math-verify).
+        """
+        got = self.extract_answer(completion)
+        if got is None:
+            return False
+        try:
+            return abs(float(got) - float(problem.answer)) < 1e-6
+        except ValueError:
+            return got.strip() == problem.answer.strip()

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny Llama / Qwen2 checkpoints built and saved inside the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def tiny_model(kind: str, tokenizer, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    torch.manual_seed(seed)
+    if kind == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common)).eval()
+    if kind == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+    raise ValueError(kind)
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer():
+    from reasonloop.models.nano import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2"])
+def tiny_model_dir(request, tmp_path_factory, char_tokenizer) -> Path:
+    """A tiny randomly initialised model of each architecture, saved like any HF checkpoint."""
+    from reasonloop.models import save_model
+
+    path = tmp_path_factory.mktemp(f"tiny-{request.param}") / "model"
+    save_model(tiny_model(request.param, char_tokenizer), char_tokenizer, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_dir(tmp_path_factory) -> Path:
+    """A tiny nano model trained for a few steps through the real `init` code path."""
+    from reasonloop.models.nano import NanoConfig, train_nano
+
+    path = tmp_path_factory.mktemp("nano-tiny") / "model"
+    cfg = NanoConfig(hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_size=64, steps=30, batch_size=8, seq_len=64, warmup=5)
+    return train_nano(path, cfg)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED.exists():
+        pytest.skip(f"shared data not found at {SHARED}")
+    return SHARED
