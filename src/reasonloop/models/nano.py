@@ -8,10 +8,13 @@ seed set P of worked rationales:
 (a) single arithmetic operations of the world, ``37+45=82``, packed many to a row;
 (b) a few hundred worked multi-step solutions of *train*-split problems.
 
-The seed set holds only short chains (`seed_max_ops`), while held-out problems
-run longer, and training stops early on purpose: the base must be imperfect
-(greedy accuracy 20-50%, pass@16 at least twice that) so that self-improvement
-and verifiers have room to work.
+The base must be imperfect on purpose (greedy accuracy 20-50%, pass@16 at least
+twice that) so that self-improvement and verifiers have room to work. Small
+models learn this world through a sharp phase change (copying the k-th operation
+out of the question), so a fixed step count would land anywhere from 5% to 60%
+depending on float noise. Instead training stops at the first check where greedy
+accuracy on held-out *train-split* problems (never the test split) reaches
+`target_accuracy`. The seed set holds only chains up to `seed_max_ops` long.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from reasonloop.core import atomic_write_json
 from reasonloop.models.hf import save_model
 from reasonloop.tasks.arith import ArithConfig, ArithTask
 
@@ -41,20 +45,23 @@ CHARS = (
 class NanoConfig:
     """How the nano base model is built."""
 
-    hidden_size: int = 128  # width of the transformer
-    n_layers: int = 4  # transformer blocks
+    hidden_size: int = 96  # width of the transformer
+    n_layers: int = 3  # transformer blocks
     n_heads: int = 4  # attention heads
     n_kv_heads: int = 2  # key/value heads (grouped-query attention)
-    mlp_size: int = 352  # SwiGLU hidden size
+    mlp_size: int = 256  # SwiGLU hidden size
     seq_len: int = 128  # training row length in tokens
-    batch_size: int = 32  # rows per optimiser step
-    steps: int = 1200  # optimiser steps
+    batch_size: int = 16  # rows per optimiser step
+    steps: int = 1500  # most optimiser steps (the cosine schedule spans these)
     lr: float = 3e-3  # peak learning rate (cosine decay to 10%)
-    warmup: int = 50  # linear warm-up steps
-    n_seed_solutions: int = 300  # size of the seed set P of worked solutions
-    seed_max_ops: int = 3  # the seed set only holds chains this short
-    seed_fraction: float = 0.25  # share of training documents that are worked solutions
+    warmup: int = 30  # linear warm-up steps
+    n_seed_solutions: int = 400  # size of the seed set P of worked solutions
+    seed_max_ops: int = 4  # the seed set only holds chains this short
+    seed_fraction: float = 0.5  # share of training documents that are worked solutions
     facts_per_doc: int = 8  # operations per "pretraining" document
+    target_accuracy: float = 0.3  # stop once validation greedy accuracy reaches this (1.0: never)
+    eval_every: int = 20  # steps between validation checks (5 once past half the target)
+    n_val_problems: int = 150  # train-split validation problems (disjoint from the seed set)
     seed: int = 0  # everything derives from this seed
 
 
@@ -122,8 +129,8 @@ class _Docs:
     def _fact(self) -> str:
         if not self._facts:
             self._fact_seed += 1
-            self._facts = self.task.facts(4096, seed=self._fact_seed)
-        return self._facts.pop()
+            self._facts = self.task.facts(4096, seed=self._fact_seed)[::-1]
+        return self._facts.pop()  # in chain order: each fact starts from the previous result
 
     def next(self) -> list[int]:
         if self.rng.random() < self.cfg.seed_fraction:
@@ -172,6 +179,8 @@ def train_nano(
         t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
+    val = validation_problems(task, cfg)
+    history: list[dict] = []
     t0 = time.perf_counter()
     for step in range(cfg.steps):
         for g in opt.param_groups:
@@ -186,11 +195,45 @@ def train_nano(
         opt.step()
         if progress:
             progress(step + 1, cfg.steps, loss.item())
+        record = {"step": step + 1, "loss": loss.item(), "lr": lr_at(step), "elapsed_s": time.perf_counter() - t0}
+        # near the target, check every 5 steps: accuracy rises steeply through the phase change
+        every = 5 if history and history[-1]["val_greedy_accuracy"] >= cfg.target_accuracy / 2 else cfg.eval_every
+        if (step + 1) % every == 0 or step + 1 == cfg.steps:
+            record["val_greedy_accuracy"] = greedy_accuracy(model, tokenizer, task, val)
+            model.train()
+            history.append(record)
+        if log and ("val_greedy_accuracy" in record or step % 50 == 0):
+            log(record)
         if callback:
             model.eval()
             callback(step + 1, model, tokenizer)
             model.train()
-        if log and (step % 50 == 0 or step == cfg.steps - 1):
-            log({"step": step, "loss": loss.item(), "lr": lr_at(step), "elapsed_s": time.perf_counter() - t0})
+        if record.get("val_greedy_accuracy", 0.0) >= cfg.target_accuracy:
+            break
     model.eval()
-    return save_model(model, tokenizer, out_dir)
+    out = save_model(model, tokenizer, out_dir)
+    summary = {
+        "config": asdict(cfg),
+        "world": asdict(task.config),
+        "stopped_at_step": history[-1]["step"] if history else cfg.steps,
+        "val_greedy_accuracy": history[-1]["val_greedy_accuracy"] if history else None,
+        "train_seconds": time.perf_counter() - t0,
+        "history": history,
+    }
+    atomic_write_json(out / "nano_training.json", summary)
+    return out
+
+
+def validation_problems(task: ArithTask, cfg: NanoConfig) -> list:
+    """Train-split problems of every length, excluding the seed set: what early stopping looks at."""
+    seed_prompts = {p for p, _ in seed_set(task, cfg)}
+    pool = task.problems("train", cfg.n_val_problems + len(seed_prompts), seed=cfg.seed + 2)
+    return [p for p in pool if p.prompt not in seed_prompts][: cfg.n_val_problems]
+
+
+def greedy_accuracy(model, tokenizer, task: ArithTask, problems: list) -> float:
+    from reasonloop.engine import HFEngine  # same layer; the engine only needs the model
+
+    engine = HFEngine(model, tokenizer)
+    out = engine.generate([p.prompt for p in problems], 1, temperature=0.0, max_new_tokens=96)
+    return sum(task.is_correct(p, s[0].text) for p, s in zip(problems, out)) / len(problems)

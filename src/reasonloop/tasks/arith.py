@@ -33,10 +33,10 @@ class ArithConfig:
 
     min_ops: int = 2  # fewest operations in a chain
     max_ops: int = 4  # most operations in a chain
-    start_max: int = 50  # first number is drawn from [1, start_max]
-    operand_max: int = 50  # operands of + and - are drawn from [1, operand_max]
-    mul_max: int = 9  # operands of * and / are drawn from [2, mul_max]
-    value_max: int = 999  # every intermediate value stays in [0, value_max]
+    start_max: int = 10  # first number is drawn from [1, start_max]
+    operand_max: int = 9  # operands of + and - are drawn from [1, operand_max]
+    mul_max: int = 3  # operands of * and / are drawn from [2, mul_max]
+    value_max: int = 50  # every intermediate value stays in [0, value_max]
     operators: str = "+-*"  # which of + - * / may appear
     test_fraction: float = 0.2  # share of the expression space that is test-only
 
