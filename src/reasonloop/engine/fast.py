@@ -52,6 +52,36 @@ class FastDecoder:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         p = next(model.parameters())
         self.dtype, self.device = p.dtype, p.device
+        rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+        # dynamic scaling depends on the sequence length: no table, compute per call
+        self._rope_table = "dynamic" not in str(rope.get("rope_type", rope.get("type", "")))
+        self._cos = self._sin = None
+        self._slots: Cache | None = None
+
+    def _rotary(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape (B, L, D) for positions `pos` (B, L), from a table grown on demand."""
+        if not self._rope_table:
+            return self.base.rotary_emb(x, pos)
+        need = int(pos.max()) + 1
+        if self._cos is None or self._cos.shape[0] < need:
+            n = max(256, 1 << (need - 1).bit_length())
+            cos, sin = self.base.rotary_emb(x, torch.arange(n, device=x.device)[None])  # (1, n, D)
+            self._cos, self._sin = cos[0], sin[0]
+        return self._cos[pos], self._sin[pos]
+
+    def slot_cache(self, batch: int, length: int) -> Cache:
+        """A cache for decoding slots, reusing the previous call's buffer when it is big enough.
+
+        Stale entries are finite values from earlier rows; a row never attends past
+        its own position, so they are never read.
+        """
+        if self._slots is None or self._slots[0][0].shape[0] < batch or self._slots[0][0].shape[2] < length:
+            self._slots = self.new_cache(batch, length)
+        return [(k[:batch, :, :length], v[:batch, :, :length]) for k, v in self._slots]
+
+    def release(self) -> None:
+        """Free the reusable slot cache."""
+        self._slots = None
 
     def new_cache(self, batch: int, length: int) -> Cache:
         shape = (batch, self.n_kv, length, self.head_dim)
@@ -83,7 +113,7 @@ class FastDecoder:
         pos = start[:, None] + offsets  # (B, L)
         t_k = int(start.max()) + L
         x = self.base.embed_tokens(ids)  # (B, L, C)
-        cos, sin = self.base.rotary_emb(x, pos)  # (B, L, D)
+        cos, sin = self._rotary(x, pos)  # (B, L, D)
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, L, D)
         mask = (torch.arange(t_k, device=ids.device)[None, None, :] <= pos[:, :, None])[:, None]  # (B, 1, L, Tk)
         rows = torch.arange(B, device=ids.device)[:, None]  # (B, 1)

@@ -23,6 +23,7 @@ import torch
 
 from reasonloop.core import Sample, TokenCounts
 from reasonloop.engine import fast
+from reasonloop.engine.batching import RowDecoder
 
 ProgressFn = Callable[[int], None]
 
@@ -121,16 +122,49 @@ class HFEngine:
         rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
         out: list[list[Sample | None]] = [[None] * n for _ in prompts]
         gen = torch.Generator().manual_seed(seed)
-        run = self._run_chunk_fast if self.decoder is not None else self._run_chunk_hf
-        for c in range(0, len(rows), self.max_batch):
+        self.counts.calls += 1
+        if self.decoder is not None:
+            decoder = RowDecoder(self.decoder, self.tokenizer.pad_token_id or 0, self.max_batch)
+            results = decoder.run(
+                [prompt_ids[i] for i, _ in rows],
+                max_new_tokens,
+                sample=lambda logits: _sample_tokens(logits, temperature, top_p, gen),
+                stops=self._stop_fn(stop_t),
+                share_prefix=self.share_prefix,
+                on_done=progress,
+            )
+            self.counts.prefilled += decoder.prefilled
+            self.counts.generated += decoder.generated
+            for (i, j), res in zip(rows, results):
+                reason = "eos" if res.reason == "stop" and res.tokens[-1] in self.eos_ids else res.reason
+                out[i][j] = self._make_sample(res.tokens, res.logprobs, reason, stop_t, temperature, seed)
+            return out  # type: ignore[return-value]
+        for c in range(0, len(rows), self.max_batch):  # other architectures: transformers.generate per chunk
             chunk = rows[c : c + self.max_batch]
-            toks, lps, reasons = run([prompt_ids[i] for i, _ in chunk], temperature, top_p, max_new_tokens, stop_t, gen)
+            toks, lps, reasons = self._run_chunk_hf([prompt_ids[i] for i, _ in chunk], temperature, top_p, max_new_tokens, stop_t, gen)
             for (i, j), t, lp, why in zip(chunk, toks, lps, reasons):
                 out[i][j] = self._make_sample(t, lp, why, stop_t, temperature, seed)
-            self.counts.calls += 1
             if progress:
                 progress(len(chunk))
         return out  # type: ignore[return-value]
+
+    def _stop_fn(self, stop: tuple[str, ...]):
+        """Which rows just finished: a token containing a stop string (or EOS), or decoded text ending in one."""
+        table = self._stop_table(stop)
+        text_stops = [s for s in stop if len(s) > 1]  # may span tokens: check the decoded tail
+        window = 4 * max((len(s) for s in text_stops), default=0)
+
+        def stops(tok: torch.Tensor, out_tok: torch.Tensor, ngen: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+            hit = table[tok]
+            if text_stops:
+                for b in live.tolist():
+                    if not hit[b]:
+                        k = int(ngen[b])
+                        tail = self.tokenizer.decode(out_tok[b, max(0, k - window) : k])
+                        hit[b] = any(s in tail for s in text_stops)
+            return hit
+
+        return stops
 
     def _make_sample(self, toks: list[int], lps: list[float], reason: str, stop: tuple[str, ...], temperature: float, seed: int) -> Sample:
         text = self.tokenizer.decode(toks, skip_special_tokens=True)
@@ -144,75 +178,6 @@ class HFEngine:
         if matched is not None:
             meta["stop"] = matched
         return Sample(problem_id="", text=text, token_ids=toks, logprobs=lps, meta=meta)
-
-    def _run_chunk_fast(self, prompts: list[list[int]], temperature, top_p, max_new, stop, gen):
-        dec = self.decoder
-        assert dec is not None
-        B = len(prompts)
-        # 1. encode each distinct prompt once
-        if self.share_prefix:
-            uniq: dict[tuple[int, ...], int] = {}
-            row_src = torch.tensor([uniq.setdefault(tuple(p), len(uniq)) for p in prompts])
-            uniq_prompts = [list(p) for p in uniq]
-        else:
-            row_src, uniq_prompts = torch.arange(B), prompts
-        lens = torch.tensor([len(p) for p in uniq_prompts])
-        l_max = int(lens.max())
-        ids = torch.full((len(uniq_prompts), l_max), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        for u, p in enumerate(uniq_prompts):
-            ids[u, : len(p)] = torch.tensor(p)
-        prompt_cache = dec.new_cache(len(uniq_prompts), l_max)
-        first_logits = dec.forward(ids, torch.zeros(len(uniq_prompts), dtype=torch.long), prompt_cache, logits_at=lens - 1)
-        self.counts.prefilled += int(lens.sum())
-        # 2. copy the prompt caches to the sample rows, with room for the new tokens
-        cache = dec.new_cache(B, l_max + max_new)
-        for (k, v), (pk, pv) in zip(cache, prompt_cache):
-            k[:, :, :l_max] = pk[row_src]
-            v[:, :, :l_max] = pv[row_src]
-        del prompt_cache
-        logits = first_logits[row_src]  # (B, V)
-        pos = lens[row_src].clone()  # next write position per active row
-        active = torch.arange(B)  # chunk row of each active row
-        out_tok = torch.zeros(B, max_new, dtype=torch.long)
-        out_lp = torch.zeros(B, max_new)
-        out_len = torch.full((B,), max_new)
-        reasons = ["length"] * B
-        stop_table = self._stop_table(stop)
-        text_stops = [s for s in stop if len(s) > 1]  # may span tokens: check decoded text
-        window = 4 * max((len(s) for s in text_stops), default=0)
-        alive = torch.ones(B, dtype=torch.bool)
-        for t in range(max_new):
-            tok, lp = _sample_tokens(logits, temperature, top_p, gen)
-            out_tok[active, t] = tok
-            out_lp[active, t] = lp
-            self.counts.generated += int(alive.sum())
-            done = alive & stop_table[tok]
-            if text_stops:
-                for r in torch.nonzero(alive & ~done).flatten().tolist():
-                    tail = self.tokenizer.decode(out_tok[active[r], max(0, t + 1 - window) : t + 1])
-                    if any(s in tail for s in text_stops):
-                        done[r] = True
-            for r in torch.nonzero(done).flatten().tolist():
-                row = int(active[r])
-                out_len[row] = t + 1
-                reasons[row] = "eos" if int(tok[r]) in self.eos_ids else "stop"
-            alive &= ~done
-            n_alive = int(alive.sum())
-            if n_alive == 0 or t == max_new - 1:
-                break
-            # drop finished rows once they are an eighth of the batch (copying the cache costs too)
-            if len(alive) - n_alive >= max(1, len(alive) // 8):
-                keep = torch.nonzero(alive).flatten()
-                cache = dec.select(cache, keep, int(pos[keep].max()) + max_new - t)
-                active, pos, tok, alive = active[keep], pos[keep], tok[keep], alive[keep]
-            logits = dec.forward(tok[:, None], pos, cache, logits_at=torch.zeros_like(pos))
-            pos = pos + 1
-        lengths = out_len.tolist()
-        return (
-            [out_tok[r, : lengths[r]].tolist() for r in range(B)],
-            [out_lp[r, : lengths[r]].tolist() for r in range(B)],
-            reasons,
-        )
 
     def _run_chunk_hf(self, prompts: list[list[int]], temperature, top_p, max_new, stop, gen):
         """Fallback for architectures the fast path does not cover: `transformers.generate`."""
