@@ -160,3 +160,16 @@ def test_saved_tokenizer_round_trips_whitespace(tiny_model_dir, char_tokenizer):
     text = "Q: 12+7 *3\n\nA: 5"
     assert tok(text)["input_ids"] == char_tokenizer(text)["input_ids"]
     assert tok.decode(tok(text)["input_ids"]) == text
+
+
+def test_sampling_follows_the_tempered_distribution():
+    from reasonloop.engine.hf import _sample_tokens
+
+    logits = torch.log(torch.tensor([[0.0, 0.5, 0.3, 0.0, 0.2]])).repeat(50000, 1)
+    for temperature in (1.0, 0.5):
+        tok, lp = _sample_tokens(logits, temperature, 1.0, torch.Generator().manual_seed(1))
+        freq = torch.bincount(tok, minlength=5) / len(tok)
+        expected = torch.softmax(logits[0] / temperature, -1)
+        assert torch.allclose(freq, expected, atol=0.01)
+        assert freq[0] == 0 and freq[3] == 0  # zero-probability tokens are never drawn
+        assert torch.allclose(lp, torch.log_softmax(logits, -1).gather(1, tok[:, None]).squeeze(1))

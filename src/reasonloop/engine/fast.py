@@ -30,7 +30,12 @@ def supports(model) -> bool:
         cfg.model_type == "mistral" and getattr(cfg, "sliding_window", None)
     ):
         return False
-    return hasattr(model, "model") and hasattr(model.model, "rotary_emb")
+    if not (hasattr(model, "model") and hasattr(model.model, "rotary_emb")):
+        return False
+    layer = model.model.layers[0]
+    return all(hasattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")) and hasattr(
+        layer.input_layernorm, "variance_epsilon"
+    )
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -57,6 +62,7 @@ class FastDecoder:
         self._rope_table = "dynamic" not in str(rope.get("rope_type", rope.get("type", "")))
         self._cos = self._sin = None
         self._slots: Cache | None = None
+        self._fused: dict[int, tuple] = {}
 
     def _rotary(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (B, L, D) for positions `pos` (B, L), from a table grown on demand."""
@@ -95,6 +101,24 @@ class FastDecoder:
         """Keep cache rows `rows` (with repeats: this is how one prompt's cache feeds many samples)."""
         return [(k[rows, :, :length], v[rows, :, :length]) for k, v in cache]
 
+    def _layer_weights(self, i: int, layer) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Fused q|k|v and gate|up weights of layer i: one matmul instead of three, and two.
+
+        Rebuilt whenever a source tensor is replaced or changed in place (its
+        version counter moves), so an engine over a model being trained stays right.
+        """
+        a, m = layer.self_attn, layer.mlp
+        srcs = [a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, m.gate_proj.weight, m.up_proj.weight]
+        biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
+        key = tuple((id(t), t._version) for t in srcs + [b for b in biases if b is not None])
+        cached = self._fused.get(i)
+        if cached is None or cached[0] != key:
+            w_qkv = torch.cat(srcs[:3]).detach()
+            b_qkv = torch.cat(biases).detach() if biases[0] is not None else None
+            w_gu = torch.cat(srcs[3:]).detach()
+            cached = self._fused[i] = (key, w_qkv, b_qkv, w_gu)
+        return cached[1], cached[2], cached[3]
+
     @torch.inference_mode()
     def forward(
         self,
@@ -106,35 +130,49 @@ class FastDecoder:
         """Write the rows' keys/values into `cache` and return logits, (B, V) or (B, L, V).
 
         Row b attends to its cache slots 0 .. start[b]+i, which must hold its own
-        earlier tokens: slots past a row's length may hold anything.
+        earlier tokens: slots past a row's length may hold anything finite.
         """
         B, L = ids.shape
-        offsets = torch.arange(L, device=ids.device)
-        pos = start[:, None] + offsets  # (B, L)
+        H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
+        G = H // Hkv  # query heads per key/value head
+        pos = start[:, None] + torch.arange(L, device=ids.device)  # (B, L)
         t_k = int(start.max()) + L
         x = self.base.embed_tokens(ids)  # (B, L, C)
         cos, sin = self._rotary(x, pos)  # (B, L, D)
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, L, D)
         mask = (torch.arange(t_k, device=ids.device)[None, None, :] <= pos[:, :, None])[:, None]  # (B, 1, L, Tk)
         rows = torch.arange(B, device=ids.device)[:, None]  # (B, 1)
-        for layer, (K, V) in zip(self.base.layers, cache):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(B, L, self.n_heads, self.head_dim)
-            k = attn.k_proj(h).view(B, L, self.n_kv, self.head_dim)
-            v = attn.v_proj(h).view(B, L, self.n_kv, self.head_dim)
+        for i, (layer, (K, V)) in enumerate(zip(self.base.layers, cache)):
+            attn, mlp = layer.self_attn, layer.mlp
+            w_qkv, b_qkv, w_gu = self._layer_weights(i, layer)
+            h = _rms_norm(layer.input_layernorm, x)
+            q, k, v = F.linear(h, w_qkv, b_qkv).split([H * D, Hkv * D, Hkv * D], dim=-1)
+            q, k, v = q.view(B, L, H, D), k.view(B, L, Hkv, D), v.view(B, L, Hkv, D)
             if hasattr(attn, "q_norm"):  # qwen3 normalises each head before rotary
-                q, k = attn.q_norm(q), attn.k_norm(k)
+                q, k = _rms_norm(attn.q_norm, q), _rms_norm(attn.k_norm, k)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, D)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             K[rows, :, pos] = k.transpose(1, 2)  # (B, L, H_kv, D) into slots pos
             V[rows, :, pos] = v.transpose(1, 2)
-            o = F.scaled_dot_product_attention(
-                q, K[:, :, :t_k], V[:, :, :t_k], attn_mask=mask, scale=attn.scaling, enable_gqa=self.n_kv != self.n_heads
-            )  # (B, H, L, D)
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            if L == 1:  # decoding: grouped heads share their key/value head, no copy of K or V
+                keys = K[:, :, :t_k].reshape(B * Hkv, t_k, D)
+                vals = V[:, :, :t_k].reshape(B * Hkv, t_k, D)
+                scores = torch.bmm(q.reshape(B * Hkv, G, D), keys.transpose(1, 2)) * attn.scaling  # (B*Hkv, G, Tk)
+                scores = scores.view(B, Hkv, G, t_k).masked_fill_(~mask, float("-inf"))
+                o = torch.bmm(scores.softmax(-1).view(B * Hkv, G, t_k), vals).view(B, H, 1, D)
+            else:
+                o = F.scaled_dot_product_attention(
+                    q, K[:, :, :t_k], V[:, :, :t_k], attn_mask=mask, scale=attn.scaling, enable_gqa=Hkv != H
+                )  # (B, H, L, D)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(B, L, H * D))
+            gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, x), w_gu).chunk(2, dim=-1)
+            x = x + mlp.down_proj(mlp.act_fn(gate) * up)
         if logits_at is not None:
             x = x[torch.arange(B, device=ids.device), logits_at]  # (B, C)
-        return self.model.lm_head(self.base.norm(x)).float()
+        return self.model.lm_head(_rms_norm(self.base.norm, x)).float()
+
+
+def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """The model's RMSNorm module as one fused op (computed in float32, like transformers)."""
+    return F.rms_norm(x.float(), (x.shape[-1],), norm.weight.float(), norm.variance_epsilon).to(x.dtype)

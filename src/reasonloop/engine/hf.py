@@ -47,7 +47,10 @@ def _sample_tokens(
             drop = probs.cumsum(dim=-1) - probs >= top_p
             sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
             scaled = torch.full_like(scaled, float("-inf")).scatter(1, order, sorted_logits)
-        tok = torch.multinomial(scaled.softmax(dim=-1), 1, generator=gen).squeeze(1)
+        # inverse-CDF sampling: one uniform per row (multinomial draws noise for every vocabulary entry)
+        cdf = scaled.softmax(dim=-1).cumsum(dim=-1)  # (B, V)
+        u = torch.rand(cdf.shape[0], 1, generator=gen) * cdf[:, -1:]
+        tok = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)  # never a p=0 token
     return tok, logp.gather(1, tok[:, None]).squeeze(1)
 
 
