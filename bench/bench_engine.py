@@ -69,8 +69,15 @@ def hf_generate(model, tok, prompts: list[str], n: int, max_new: int, batch_prom
         enc = tok(prompts[c : c + batch_prompts], return_tensors="pt", padding=True)
         with torch.inference_mode():
             out = model.generate(
-                **enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new,
-                num_return_sequences=n, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                **enc,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=max_new,
+                num_return_sequences=n,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
             )
         new = out[:, enc["input_ids"].shape[1] :]
         for row in new.tolist():
@@ -125,7 +132,10 @@ def shared_prefix(model_dir: Path, rollouts: int, reps: int) -> dict:
     shared, plain = HFEngine(model, tok, share_prefix=True), HFEngine(model, tok, share_prefix=False)
     times = {"shared": 0.0, "re-encoded": 0.0}
     for r in range(reps):
-        for name, eng, prompts, n in (("shared", shared, [prefix], rollouts), ("re-encoded", plain, [prefix] * rollouts, 1)):
+        for name, eng, prompts, n in (
+            ("shared", shared, [prefix], rollouts),
+            ("re-encoded", plain, [prefix] * rollouts, 1),
+        ):
             t = time.perf_counter()
             eng.generate(prompts, n, temperature=1.0, max_new_tokens=64, seed=r)
             times[name] += time.perf_counter() - t
@@ -143,13 +153,24 @@ def shared_prefix(model_dir: Path, rollouts: int, reps: int) -> dict:
 def memory_child(model_dir: Path, n: int, batch_rows: int) -> None:
     engine = HFEngine.from_pretrained(model_dir, max_batch=batch_rows)
     engine.generate(["Q: 12+7*3-5\n"], n, temperature=1.0, max_new_tokens=128, seed=0)
-    print(json.dumps({"n": n, "peak_rss_mib": peak_rss_mib()}))
+    print(json.dumps({"n": n, "peak_rss_mib": peak_rss_mib(), "kv_cache_mib": engine.last_cache_bytes / 2**20}))
 
 
 def memory(model_dir: Path, threads: int, batch_rows: int) -> list[dict]:
     out = []
     for n in (64, 1024):
-        cmd = [sys.executable, __file__, "--model", str(model_dir), "--threads", str(threads), "--memory-child", str(n), "--batch-rows", str(batch_rows)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--model",
+            str(model_dir),
+            "--threads",
+            str(threads),
+            "--memory-child",
+            str(n),
+            "--batch-rows",
+            str(batch_rows),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out.append(json.loads(res.stdout.strip().splitlines()[-1]))
     return out
@@ -181,11 +202,17 @@ def main() -> None:
     print(f"| engine tokens/s | {t['engine_tokens_per_s']:.0f} |")
     print(f"| transformers generate() tokens/s | {t['transformers_generate_tokens_per_s']:.0f} |")
     print(f"| speedup | {t['speedup']:.2f}x |")
-    print(f"| engine FLOP/s / matmul FLOP/s | {t['engine_flops_per_s'] / 1e9:.2f} / {t['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s = {100 * t['fraction_of_matmul_peak']:.1f}% |")
+    print(
+        f"| engine FLOP/s / matmul FLOP/s | {t['engine_flops_per_s'] / 1e9:.2f} / {t['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s = {100 * t['fraction_of_matmul_peak']:.1f}% |"
+    )
     print(f"| peak RSS, throughput run (both engines) | {t['peak_rss_mib']:.0f} MiB |")
-    print(f"| shared prefix: 32 rollouts of a {s['prefix_tokens']}-token prefix | {s['seconds_shared'] * 1e3:.0f} ms vs {s['seconds_reencoded'] * 1e3:.0f} ms re-encoded ({s['time_ratio']:.2f}x) |")
+    print(
+        f"| shared prefix: 32 rollouts of a {s['prefix_tokens']}-token prefix | {s['seconds_shared'] * 1e3:.0f} ms vs {s['seconds_reencoded'] * 1e3:.0f} ms re-encoded ({s['time_ratio']:.2f}x) |"
+    )
     for m in res["memory_fixed_batch"]:
-        print(f"| peak RSS, n={m['n']} samples at batch 64 | {m['peak_rss_mib']:.0f} MiB |")
+        print(
+            f"| n={m['n']} samples of one prompt at batch 64: KV cache, peak RSS | {m['kv_cache_mib']:.2f} MiB, {m['peak_rss_mib']:.0f} MiB |"
+        )
 
 
 if __name__ == "__main__":

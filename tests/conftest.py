@@ -58,7 +58,9 @@ def trained_tiny_dir(tmp_path_factory) -> Path:
     from reasonloop.models.nano import NanoConfig, train_nano
 
     path = tmp_path_factory.mktemp("nano-tiny") / "model"
-    cfg = NanoConfig(hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_size=64, steps=30, batch_size=8, seq_len=64, warmup=5)
+    cfg = NanoConfig(
+        hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_size=64, steps=30, batch_size=8, seq_len=64, warmup=5
+    )
     return train_nano(path, cfg)
 
 

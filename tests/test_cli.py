@@ -7,7 +7,22 @@ import pytest
 from reasonloop.cli import main
 from reasonloop.core import read_jsonl
 
-TINY = ["--set", "hidden_size=32", "--set", "n_layers=2", "--set", "mlp_size=64", "--set", "steps=4", "--set", "batch_size=4", "--set", "seq_len=48", "--set", "warmup=2"]
+TINY = [
+    "--set",
+    "hidden_size=32",
+    "--set",
+    "n_layers=2",
+    "--set",
+    "mlp_size=64",
+    "--set",
+    "steps=4",
+    "--set",
+    "batch_size=4",
+    "--set",
+    "seq_len=48",
+    "--set",
+    "warmup=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +44,21 @@ def test_init_builds_and_evaluates(built, capsys):
 
 def test_eval_writes_json(built, tmp_path):
     out = tmp_path / "e.json"
-    args = ["eval", "--model", str(built), "--task", "countdown", "--num-problems", "3", "--n", "4", "--max-new-tokens", "16", "--output", str(out)]
+    args = [
+        "eval",
+        "--model",
+        str(built),
+        "--task",
+        "countdown",
+        "--num-problems",
+        "3",
+        "--n",
+        "4",
+        "--max-new-tokens",
+        "16",
+        "--output",
+        str(out),
+    ]
     assert main(args) == 0
     res = json.loads(out.read_text())
     assert res["task"] == "countdown" and res["num_problems"] == 3 and "pass@4" in res and "maj@2" in res
@@ -37,7 +66,19 @@ def test_eval_writes_json(built, tmp_path):
 
 def test_sample_resumes_without_duplicates(built, tmp_path):
     out = tmp_path / "s.jsonl"
-    args = ["sample", "--model", str(built), "--num-problems", "5", "--n", "3", "--max-new-tokens", "12", "--output", str(out)]
+    args = [
+        "sample",
+        "--model",
+        str(built),
+        "--num-problems",
+        "5",
+        "--n",
+        "3",
+        "--max-new-tokens",
+        "12",
+        "--output",
+        str(out),
+    ]
     assert main(args) == 0
     lines = out.read_text().splitlines()
     assert len(lines) == 15
@@ -54,7 +95,10 @@ def test_sample_resumes_without_duplicates(built, tmp_path):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["eval", "--model", "/nonexistent/model", "--num-problems", "1"], "model path '/nonexistent/model' does not exist"),
+        (
+            ["eval", "--model", "/nonexistent/model", "--num-problems", "1"],
+            "model path '/nonexistent/model' does not exist",
+        ),
         (["eval", "--task", "arithmetic"], "unknown task 'arithmetic'"),
         (["init", "--out", "/tmp/x", "--set", "stepz=3"], "unknown key 'stepz'"),
         (["eval", "--task", "gsm8k"], "--data"),

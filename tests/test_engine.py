@@ -38,7 +38,9 @@ def test_rows_at_different_positions(char_tokenizer):
     batch = torch.zeros(2, 8, dtype=torch.long)
     batch[0], batch[1, :3] = a[0, :8], b[0, :3]
     dec.forward(batch, torch.zeros(2, dtype=torch.long), cache)
-    last = dec.forward(torch.tensor([[a[0, 8]], [b[0, 3]]]), torch.tensor([8, 3]), cache, logits_at=torch.zeros(2, dtype=torch.long))
+    last = dec.forward(
+        torch.tensor([[a[0, 8]], [b[0, 3]]]), torch.tensor([8, 3]), cache, logits_at=torch.zeros(2, dtype=torch.long)
+    )
     assert torch.allclose(last[0], ref_a, atol=1e-5) and torch.allclose(last[1], ref_b, atol=1e-5)
 
 
@@ -145,7 +147,14 @@ def test_other_architectures_use_transformers_generate(char_tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(char_tokenizer), n_embd=32, n_layer=2, n_head=4, eos_token_id=char_tokenizer.eos_token_id, bos_token_id=1)
+    cfg = GPT2Config(
+        vocab_size=len(char_tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        eos_token_id=char_tokenizer.eos_token_id,
+        bos_token_id=1,
+    )
     engine = HFEngine(GPT2LMHeadModel(cfg).eval(), char_tokenizer)
     assert engine.decoder is None
     out = engine.generate(["Q: 1+2\n"], n=3, temperature=1.0, max_new_tokens=10, seed=0)
@@ -173,3 +182,11 @@ def test_sampling_follows_the_tempered_distribution():
         assert torch.allclose(freq, expected, atol=0.01)
         assert freq[0] == 0 and freq[3] == 0  # zero-probability tokens are never drawn
         assert torch.allclose(lp, torch.log_softmax(logits, -1).gather(1, tok[:, None]).squeeze(1))
+
+
+def test_reported_cache_memory_does_not_grow_with_n(tiny_model_dir):
+    engine = HFEngine.from_pretrained(tiny_model_dir, max_batch=8)
+    engine.generate(["Q: 5\n"], n=8, max_new_tokens=8)
+    small = engine.last_cache_bytes
+    engine.generate(["Q: 5\n"], n=200, max_new_tokens=8)
+    assert engine.last_cache_bytes == small > 0

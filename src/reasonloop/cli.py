@@ -31,9 +31,22 @@ def _console():
 @contextlib.contextmanager
 def progress_bar(total: int, description: str) -> Iterator[Any]:
     """A rich progress bar on stderr; yields `advance(k)`. Plain lines when not a terminal."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    cols = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*cols, console=_console(), transient=False) as prog:
         task = prog.add_task(description, total=total)
         yield lambda k=1: prog.advance(task, k)
@@ -83,7 +96,11 @@ def cmd_init(args: argparse.Namespace) -> int:
             train_nano(out, cfg, log=log.write, progress=lambda s, n, loss: advance())
         build_s = time.perf_counter() - t0
         atomic_write_json(out / "reasonloop_build.json", {"config": cfg.__dict__, "build_seconds": build_s})
-        con.print(f"built nano model in {build_s:.0f}s at {out}")
+        info = json.loads((out / "nano_training.json").read_text())
+        con.print(
+            f"built nano model in {build_s:.0f}s at {out}: stopped at step {info['stopped_at_step']} with "
+            f"validation greedy accuracy {100 * (info['val_greedy_accuracy'] or 0):.0f}% (target {100 * cfg.target_accuracy:.0f}%)"
+        )
     if args.eval_problems > 0:
         args.model, args.task, args.data, args.task_option = str(out), "arith", None, []
         args.split, args.num_problems, args.n = "test", args.eval_problems, 16
@@ -107,7 +124,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     task = _task_from_args(args)
     engine = HFEngine.from_pretrained(resolve_model(args.model), max_batch=args.max_batch)
     problems = task.problems(args.split, args.num_problems, seed=args.seed)
-    cfg = EvalConfig(n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    cfg = EvalConfig(
+        n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
+    )
     t0 = time.perf_counter()
     with progress_bar(len(problems) * (1 + args.n), f"evaluating on {task.name}") as advance:
         result = evaluate(engine, task, problems, cfg, progress=advance)
@@ -159,8 +178,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         for b in range(0, len(todo), batch):
             group = todo[b : b + batch]
             res = engine.generate(
-                [p.prompt for p in group], args.n, temperature=args.temperature, top_p=args.top_p,
-                max_new_tokens=args.max_new_tokens, seed=args.seed + b, progress=advance,
+                [p.prompt for p in group],
+                args.n,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                max_new_tokens=args.max_new_tokens,
+                seed=args.seed + b,
+                progress=advance,
             )
             for p, ss in zip(group, res):
                 for j, s in enumerate(ss[done.get(p.id, 0) :], start=done.get(p.id, 0)):
@@ -185,7 +209,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="arith", help="arith, countdown, gsm8k or math (default: arith)")
     p.add_argument("--data", help="JSONL file for the gsm8k and math tasks")
-    p.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="world knob, e.g. max_ops=5 (repeatable)")
+    p.add_argument(
+        "--task-option", action="append", metavar="KEY=VALUE", help="world knob, e.g. max_ops=5 (repeatable)"
+    )
     p.add_argument("--split", default="test", choices=["train", "test"], help="problem split (default: test)")
     p.add_argument("--num-problems", type=int, default=200, help="how many problems (default: 200)")
 

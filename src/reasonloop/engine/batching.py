@@ -24,7 +24,9 @@ import torch
 from reasonloop.engine.fast import Cache, FastDecoder
 
 Sampler = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # logits (B, V) -> tokens, logprobs
-StopFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # tok, out_tok, ngen, live -> (B,) bool
+StopFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
+]  # tok, out_tok, ngen, live -> (B,) bool
 
 
 @dataclass
@@ -53,6 +55,7 @@ class RowDecoder:
         self.prefill_group = prefill_group
         self.prefilled = 0  # prompt tokens encoded
         self.generated = 0  # tokens sampled for live rows
+        self.peak_cache_bytes = 0  # slot cache + the largest prefill group held at once
 
     def _prefill(self, prompts: list[tuple[int, ...]]) -> _Prefill:
         lens = torch.tensor([len(p) for p in prompts])
@@ -60,6 +63,7 @@ class RowDecoder:
         for u, p in enumerate(prompts):
             ids[u, : len(p)] = torch.tensor(p)
         cache = self.dec.new_cache(len(prompts), ids.shape[1])
+        self._group_bytes = max(self._group_bytes, _nbytes(cache))
         logits = self.dec.forward(ids, torch.zeros(len(prompts), dtype=torch.long), cache, logits_at=lens - 1)
         self.prefilled += int(lens.sum())
         return _Prefill(cache, logits, lens.tolist())
@@ -93,6 +97,7 @@ class RowDecoder:
         B = min(self.max_batch, n_rows)
         t_max = max(len(p) for p in uid_prompt) + max_new
         cache = self.dec.slot_cache(B, t_max)
+        slot_bytes, self._group_bytes = _nbytes(cache), 0
         rows = torch.zeros(B, dtype=torch.long)  # row in each slot
         pos = torch.zeros(B, dtype=torch.long)  # cache position of the slot's next token
         ngen = torch.zeros(B, dtype=torch.long)  # tokens sampled so far
@@ -108,7 +113,9 @@ class RowDecoder:
                 take = list(range(next_row, min(n_rows, next_row + len(free))))
                 next_row += len(take)
                 while any(row_uid[r] not in home for r in take):
-                    group_uids = list(range(next_uid, min(len(uid_prompt), next_uid + max(self.prefill_group, len(take)))))
+                    group_uids = list(
+                        range(next_uid, min(len(uid_prompt), next_uid + max(self.prefill_group, len(take))))
+                    )
                     next_uid += len(group_uids)
                     group = self._prefill([uid_prompt[u] for u in group_uids])
                     for i, u in enumerate(group_uids):
@@ -158,7 +165,9 @@ class RowDecoder:
             done = torch.nonzero(finished).flatten().tolist()
             for b in done:
                 k = int(ngen[b])
-                results[int(rows[b])] = RowResult(out_tok[b, :k].tolist(), out_lp[b, :k].tolist(), "stop" if stopped[b] else "length")
+                results[int(rows[b])] = RowResult(
+                    out_tok[b, :k].tolist(), out_lp[b, :k].tolist(), "stop" if stopped[b] else "length"
+                )
             if done and on_done is not None:
                 on_done(len(done))
             alive &= ~finished
@@ -167,4 +176,9 @@ class RowDecoder:
             # 4. one decoding step; finished slots keep rewriting one position until refilled or dropped
             logits = self.dec.forward(tok[:, None], pos, cache, logits_at=torch.zeros(B, dtype=torch.long))
             pos += alive.long()
+        self.peak_cache_bytes = slot_bytes + self._group_bytes
         return results  # type: ignore[return-value]
+
+
+def _nbytes(cache: Cache) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in cache)

@@ -92,7 +92,10 @@ class FastDecoder:
     def new_cache(self, batch: int, length: int) -> Cache:
         shape = (batch, self.n_kv, length, self.head_dim)
         return [
-            (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
+            (
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+            )
             for _ in self.base.layers
         ]
 

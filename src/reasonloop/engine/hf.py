@@ -64,6 +64,7 @@ class HFEngine:
         self.share_prefix = share_prefix
         self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
         self.counts = TokenCounts()
+        self.last_cache_bytes = 0  # KV-cache bytes the last generate call held at its peak
         self.decoder = fast.FastDecoder(model) if fast.supports(model) else None
         self.eos_ids = self._eos_ids()
         self._stop_tables: dict[tuple[str, ...], torch.Tensor] = {}
@@ -138,13 +139,16 @@ class HFEngine:
             )
             self.counts.prefilled += decoder.prefilled
             self.counts.generated += decoder.generated
+            self.last_cache_bytes = decoder.peak_cache_bytes
             for (i, j), res in zip(rows, results):
                 reason = "eos" if res.reason == "stop" and res.tokens[-1] in self.eos_ids else res.reason
                 out[i][j] = self._make_sample(res.tokens, res.logprobs, reason, stop_t, temperature, seed)
             return out  # type: ignore[return-value]
         for c in range(0, len(rows), self.max_batch):  # other architectures: transformers.generate per chunk
             chunk = rows[c : c + self.max_batch]
-            toks, lps, reasons = self._run_chunk_hf([prompt_ids[i] for i, _ in chunk], temperature, top_p, max_new_tokens, stop_t, gen)
+            toks, lps, reasons = self._run_chunk_hf(
+                [prompt_ids[i] for i, _ in chunk], temperature, top_p, max_new_tokens, stop_t, gen
+            )
             for (i, j), t, lp, why in zip(chunk, toks, lps, reasons):
                 out[i][j] = self._make_sample(t, lp, why, stop_t, temperature, seed)
             if progress:
@@ -169,7 +173,9 @@ class HFEngine:
 
         return stops
 
-    def _make_sample(self, toks: list[int], lps: list[float], reason: str, stop: tuple[str, ...], temperature: float, seed: int) -> Sample:
+    def _make_sample(
+        self, toks: list[int], lps: list[float], reason: str, stop: tuple[str, ...], temperature: float, seed: int
+    ) -> Sample:
         text = self.tokenizer.decode(toks, skip_special_tokens=True)
         matched = None
         if reason != "eos" and stop:
@@ -192,11 +198,19 @@ class HFEngine:
             ids[r, l_max - len(p) :] = torch.tensor(p)
             mask[r, l_max - len(p) :] = 1
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        kw = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        kw = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        )
         with torch.inference_mode():
             res = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new, eos_token_id=self.eos_ids,
-                pad_token_id=pad, output_logits=True, return_dict_in_generate=True, **kw,
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new,
+                eos_token_id=self.eos_ids,
+                pad_token_id=pad,
+                output_logits=True,
+                return_dict_in_generate=True,
+                **kw,
             )
         self.counts.prefilled += sum(len(p) for p in prompts)
         new = res.sequences[:, l_max:]  # (B, T)
@@ -206,7 +220,11 @@ class HFEngine:
         for r in range(len(prompts)):
             row = new[r].tolist()
             end = next((t + 1 for t, x in enumerate(row) if stop_table[x]), len(row))
-            reason = "length" if end == len(row) and not stop_table[row[-1]] else ("eos" if row[end - 1] in self.eos_ids else "stop")
+            reason = (
+                "length"
+                if end == len(row) and not stop_table[row[-1]]
+                else ("eos" if row[end - 1] in self.eos_ids else "stop")
+            )
             toks.append(row[:end])
             lps.append(logp[r, torch.arange(end), new[r, :end]].tolist())
             reasons.append(reason)

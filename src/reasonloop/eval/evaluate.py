@@ -58,7 +58,12 @@ def evaluate(
         from reasonloop.eval.metrics import ks_up_to
 
         sampled = generator.generate(
-            prompts, cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, progress=progress, **kw  # type: ignore[call-arg]
+            prompts,
+            cfg.n,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            progress=progress,
+            **kw,  # type: ignore[call-arg]
         )
         ks = ks_up_to(cfg.n)
         sums = {f"pass@{k}": 0.0 for k in ks} | {f"maj@{k}": 0.0 for k in ks}

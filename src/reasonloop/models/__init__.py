@@ -4,4 +4,12 @@ from reasonloop.models.hf import check_model_dir, load_model, save_model
 from reasonloop.models.nano import NanoConfig, build_tokenizer, train_nano
 from reasonloop.models.value_head import ValueHeadModel
 
-__all__ = ["NanoConfig", "ValueHeadModel", "build_tokenizer", "check_model_dir", "load_model", "save_model", "train_nano"]
+__all__ = [
+    "NanoConfig",
+    "ValueHeadModel",
+    "build_tokenizer",
+    "check_model_dir",
+    "load_model",
+    "save_model",
+    "train_nano",
+]
