@@ -37,6 +37,11 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: on Linux that survives fork+exec, so a
+    child would report its parent's high-water mark."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -117,3 +117,10 @@ def test_help_for_every_command(capsys):
             main([cmd, "--help"])
         assert e.value.code == 0
         assert "usage: reasonloop " + cmd in capsys.readouterr().out
+
+
+def test_eval_reports_accuracy_by_chain_length(built):
+    report = json.loads((built / "eval_arith.json").read_text())
+    groups = report["by_group"]
+    assert set(groups) <= {"2", "3", "4"} and sum(g["problems"] for g in groups.values()) == report["num_problems"]
+    assert all({"greedy_accuracy", "pass@1", "pass@16"} <= set(g) for g in groups.values())

@@ -141,6 +141,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     Console().print(table)
+    if result["by_group"]:
+        groups = Table(title="by number of operations")
+        cols = list(next(iter(result["by_group"].values())))
+        for c in ["n_ops", *cols]:
+            groups.add_column(c, justify="right")
+        for g, row in result["by_group"].items():
+            groups.add_row(g, *(str(v) if k == "problems" else f"{100 * v:.0f}%" for k, v in row.items()))
+        Console().print(groups)
     out = {k: v for k, v in result.items() if k != "samples"}
     out.update(model=str(args.model), task=task.name, split=args.split, config=cfg.__dict__)
     atomic_write_json(args.output, out)

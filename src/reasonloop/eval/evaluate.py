@@ -77,11 +77,28 @@ def evaluate(
                 sums[f"maj@{k}"] += maj_at_k(answers, p.answer, k)
             samples.extend(graded)
         result.update({k: v / len(problems) for k, v in sums.items()})
+    result["by_group"] = by_group(problems, per_problem, cfg.n)
     spent = generator.counts - before
     result["tokens"] = {"generated": spent.generated, "prefilled": spent.prefilled}
     result["per_problem"] = per_problem
     result["samples"] = samples
     return result
+
+
+def by_group(problems: list[Problem], per_problem: list[dict[str, Any]], n: int, key: str = "n_ops") -> dict[str, dict]:
+    """Greedy accuracy, pass@1 and pass@n per value of `problem.meta[key]` (chain length for the worlds)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for p, rec in zip(problems, per_problem):
+        if key in p.meta:
+            groups.setdefault(str(p.meta[key]), []).append(rec)
+    out = {}
+    for g, recs in sorted(groups.items(), key=lambda kv: (len(kv[0]), kv[0])):
+        row = {"problems": len(recs), "greedy_accuracy": sum(r["greedy_correct"] for r in recs) / len(recs)}
+        if n > 0:
+            row["pass@1"] = sum(r["n_correct"] for r in recs) / (n * len(recs))
+            row[f"pass@{n}"] = sum(r["n_correct"] > 0 for r in recs) / len(recs)
+        out[g] = row
+    return out
 
 
 def summary_rows(result: dict[str, Any]) -> list[tuple[str, float]]:
