@@ -30,7 +30,7 @@ def _console():
 
 @contextlib.contextmanager
 def progress_bar(total: int, description: str) -> Iterator[Any]:
-    """A rich progress bar on stderr; yields `advance(k)`. Plain lines when not a terminal."""
+    """A rich progress bar on stderr; yields `advance(k=1, status=None)`; `status` replaces the trailing text."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -47,9 +47,13 @@ def progress_bar(total: int, description: str) -> Iterator[Any]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
-    with Progress(*cols, console=_console(), transient=False) as prog:
-        task = prog.add_task(description, total=total)
-        yield lambda k=1: prog.advance(task, k)
+    with Progress(*cols, TextColumn("{task.fields[status]}"), console=_console(), transient=False) as prog:
+        task = prog.add_task(description, total=total, status="")
+
+        def advance(k: int = 1, status: str | None = None) -> None:
+            prog.update(task, advance=k, **({"status": status} if status is not None else {}))
+
+        yield advance
 
 
 def resolve_model(path: str) -> Path:
@@ -93,7 +97,18 @@ def cmd_init(args: argparse.Namespace) -> int:
         from reasonloop.core import JsonlWriter
 
         with progress_bar(cfg.steps, "training nano model") as advance, JsonlWriter(log_path) as log:
-            train_nano(out, cfg, log=log.write, progress=lambda s, n, loss: advance())
+            val = {"acc": None}
+
+            def on_step(rec: dict) -> None:
+                val["acc"] = rec.get("val_greedy_accuracy", val["acc"])
+                shown = (
+                    ""
+                    if val["acc"] is None
+                    else f" val acc {100 * val['acc']:.0f}% (stop at {100 * cfg.target_accuracy:.0f}%)"
+                )
+                advance(status=f"loss {rec['loss']:.3f}{shown}")
+
+            train_nano(out, cfg, log=log.write, progress=on_step)
         build_s = time.perf_counter() - t0
         atomic_write_json(out / "reasonloop_build.json", {"config": cfg.__dict__, "build_seconds": build_s})
         info = json.loads((out / "nano_training.json").read_text())
@@ -269,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own bars say what is happening
     try:
         return args.func(args)
     except ReasonloopError as e:

@@ -155,7 +155,7 @@ def train_nano(
     cfg: NanoConfig | None = None,
     task: ArithTask | None = None,
     log: Callable[[dict], None] | None = None,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: Callable[[dict], None] | None = None,
     callback: Callable[[int, object, object], None] | None = None,
 ) -> Path:
     """Train the nano base from scratch and save it (model + tokenizer) to `out_dir`."""
@@ -193,8 +193,6 @@ def train_nano(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if progress:
-            progress(step + 1, cfg.steps, loss.item())
         record = {"step": step + 1, "loss": loss.item(), "lr": lr_at(step), "elapsed_s": time.perf_counter() - t0}
         # near the target, check every 5 steps: accuracy rises steeply through the phase change
         every = 5 if history and history[-1]["val_greedy_accuracy"] >= cfg.target_accuracy / 2 else cfg.eval_every
@@ -202,6 +200,8 @@ def train_nano(
             record["val_greedy_accuracy"] = greedy_accuracy(model, tokenizer, task, val)
             model.train()
             history.append(record)
+        if progress:
+            progress(record)
         if log and ("val_greedy_accuracy" in record or step % 50 == 0):
             log(record)
         if callback:
