@@ -59,14 +59,25 @@ def test_dpo_loss_equals_trl_dpo_trainer(tmp_path, char_tokenizer):
 
     beta = 0.3
     policy, ref = tiny_model("llama", char_tokenizer, seed=0), tiny_model("llama", char_tokenizer, seed=1)
-    args = DPOConfig(output_dir=str(tmp_path), beta=beta, per_device_train_batch_size=2, report_to=[], use_cpu=True)
-    trainer = DPOTrainer(
-        model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(PAIRS), processing_class=char_tokenizer
+    from accelerate.state import AcceleratorState
+
+    args = DPOConfig(
+        output_dir=str(tmp_path), beta=beta, per_device_train_batch_size=2, report_to=[], use_cpu=True, bf16=False
     )
-    batch = next(iter(trainer.get_train_dataloader()))
-    policy.eval(), ref.eval()
-    with torch.no_grad():
-        trl_loss = trainer.compute_loss(trainer.model, batch).item()
+    try:
+        trainer = DPOTrainer(
+            model=policy,
+            ref_model=ref,
+            args=args,
+            train_dataset=Dataset.from_list(PAIRS),
+            processing_class=char_tokenizer,
+        )
+        batch = next(iter(trainer.get_train_dataloader()))
+        policy.eval(), ref.eval()
+        with torch.no_grad():
+            trl_loss = trainer.compute_loss(trainer.model, batch).item()
+    finally:
+        AcceleratorState._reset_state(True)  # the trainer sets process-wide accelerate state; leave none behind
 
     # our batching gives the same tokens and completion mask as TRL's collator ([chosen..., rejected...])
     ours = encode_pairs(

@@ -1,8 +1,8 @@
 """Layer 4: losses as pure functions, batching of (prompt, completion) pairs, one training loop."""
 
 from reasonloop.train.data import Batch, encode_pairs
-from reasonloop.train.losses import dpo_loss, sequence_logprobs, sft_loss, token_logprobs
 from reasonloop.train.loop import TrainConfig, TrainingError, train_loop
+from reasonloop.train.losses import dpo_loss, sequence_logprobs, sft_loss, token_logprobs
 
 __all__ = [
     "Batch",

@@ -51,6 +51,11 @@ class TrainConfig:
     save_every: int = 0  # steps between checkpoints (0: only at the end)
     max_bad_steps: int = 3  # consecutive non-finite losses tolerated before giving up
     seed: int = 0  # torch seed for the run
+    mixed_precision: str = "no"  # "no", "bf16" or "fp16", passed to accelerate
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got '{self.mixed_precision}'")
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to `lr * min_lr_ratio`."""
@@ -107,7 +112,11 @@ def train_loop(
     from accelerate import Accelerator
 
     torch.manual_seed(cfg.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    try:
+        # explicit, because accelerate's process-wide state keeps whatever an earlier trainer chose
+        accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    except ValueError as e:
+        raise TrainingError(f"accelerate was already set up differently in this process: {e}") from None
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
