@@ -1,4 +1,4 @@
-"""The `reasonloop` command: init, sample, eval, demo.
+"""The `reasonloop` command: init, sample, eval, demo, grade.
 
 Errors caused by input (unknown task, missing model path, bad config key,
 malformed JSONL) print one line, ``error: ...``, and exit with status 2.
@@ -226,6 +226,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_init(args)
 
 
+def _judge_engine(path: str):
+    from reasonloop.engine import HFEngine
+
+    return HFEngine.from_pretrained(resolve_model(path))
+
+
 # --- parser --------------------------------------------------------------------
 
 
@@ -279,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-problems", type=int, default=200, help="held-out problems to evaluate on")
     p.add_argument("--max-batch", type=int, default=256, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
+
+    from reasonloop.graders.cli import add_grade_parser
+
+    add_grade_parser(sub, progress_bar, make_generator=_judge_engine)
     return parser
 
 

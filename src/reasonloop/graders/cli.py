@@ -1,0 +1,120 @@
+"""`reasonloop grade`: grade a JSONL file of completions with a grader from YAML.
+
+Each input line holds the problem fields (`answer` required; `question`,
+`prompt` or `problem` for the prompt; `id` optional; any other fields become
+`item.<field>` for templates) and a `completion`. Each output line is the input
+plus `score`, `parsed` and `reason` (and `details` when the grader gives any).
+Output is appended a line at a time, so rerunning the same command resumes
+after the last line written: output line k belongs to input line k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from reasonloop.core import DataError, JsonlWriter, Problem, ReasonloopError, read_jsonl, repair_jsonl
+
+PROMPT_FIELDS = ("prompt", "question", "problem")
+OUTPUT_FIELDS = ("score", "parsed", "reason", "details")
+
+
+def read_items(path: Path) -> list[tuple[dict[str, Any], Problem, str]]:
+    """Every input record with its Problem and completion; a malformed line fails naming file:line."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: invalid JSON: {e.msg}") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            for key in ("answer", "completion"):
+                if key not in rec:
+                    raise DataError(f"{where}: missing field '{key}'")
+            if not isinstance(rec["completion"], str):
+                raise DataError(f"{where}: field 'completion' must be a string")
+            answer = rec["answer"] if isinstance(rec["answer"], str) else json.dumps(rec["answer"], ensure_ascii=False)
+            prompt = next((str(rec[k]) for k in PROMPT_FIELDS if k in rec), "")
+            meta = {k: v for k, v in rec.items() if k not in ("id", "answer", "completion", *PROMPT_FIELDS)}
+            problem = Problem(str(rec.get("id", f"{path.stem}-{lineno}")), prompt, answer, meta)
+            out.append((rec, problem, rec["completion"]))
+    return out
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from reasonloop.graders import iter_grades, load_grader
+
+    generator = None
+    if args.judge_model:
+        if args.make_generator is None:
+            raise ReasonloopError("--judge-model needs a model loader; this entry point has none")
+        generator = args.make_generator(args.judge_model)
+    grader = load_grader(args.grader, generator=generator)
+    inp, out = Path(args.input), Path(args.output)
+    items = read_items(inp)
+    done = 0
+    if out.exists():
+        repair_jsonl(out)
+        done = sum(1 for _ in read_jsonl(out))
+        if done > len(items):
+            raise DataError(f"{out} has {done} lines but {inp} only {len(items)}: not an output of this input")
+    todo = items[done:]
+    workers = 0 if generator is not None else args.workers
+    progress = args.progress_bar or (lambda total, desc: contextlib.nullcontext(lambda k=1: None))
+    scores: list[float] = []
+    errors = 0
+    t0 = time.perf_counter()
+    with progress(len(todo), f"grading {inp.name}") as advance, JsonlWriter(out) as writer:
+        chunks = iter_grades(grader, [(p, c) for _, p, c in todo], workers=workers, chunk_size=args.chunk_size)
+        i = 0
+        for chunk in chunks:
+            for grade in chunk:
+                rec = dict(todo[i][0])
+                rec.update(score=grade.score, parsed=grade.parsed, reason=grade.reason)
+                if grade.details:
+                    rec["details"] = grade.details
+                writer.write(rec)
+                scores.append(grade.score)
+                errors += bool(grade.details.get("error"))
+                i += 1
+            advance(len(chunk))
+    seconds = time.perf_counter() - t0
+    n = len(scores)
+    mean = sum(scores) / n if n else 0.0
+    full = sum(1 for s in scores if s >= 1.0)
+    zero = sum(1 for s in scores if s <= 0.0)
+    rate = n / seconds if seconds > 0 else 0.0
+    resumed = f", {done} already graded" if done else ""
+    print(
+        f"graded {n} samples{resumed}: mean score {mean:.4f}, {full} scored 1, {zero} scored 0, "
+        f"{n - full - zero} partial, {errors} errors; {rate:.1f} samples/s ({workers} workers); wrote {out}"
+    )
+    return 0
+
+
+def add_grade_parser(
+    subparsers: Any,
+    progress_bar: Callable[[int, str], Any] | None = None,
+    make_generator: Callable[[str], Any] | None = None,
+) -> None:
+    """Add `grade` to a CLI. `progress_bar(total, description)` yields `advance(k)`; `make_generator(path)` loads a judge."""
+    p = subparsers.add_parser("grade", help="grade a JSONL file of completions with a grader from YAML (resumable)")
+    p.add_argument("--grader", required=True, help="YAML file with one grader config (see examples/graders/)")
+    p.add_argument("--input", required=True, help="JSONL: problem fields ('answer', ...) and 'completion' per line")
+    p.add_argument("--output", required=True, help="JSONL to write: the input plus score, parsed, reason")
+    p.add_argument("--workers", type=int, default=2, help="grading processes; 0 grades in this process (default: 2)")
+    p.add_argument("--chunk-size", type=int, default=8, help="items sent to a worker at a time (default: 8)")
+    p.add_argument("--judge-model", help="model directory (or 'nano') for 'model' graders; grades in this process")
+    p.set_defaults(func=cmd_grade, progress_bar=progress_bar, make_generator=make_generator)

@@ -1,0 +1,133 @@
+"""Graders from configs: `grader_from_config(dict)` and `load_grader(yaml_path)`.
+
+A config is a mapping with `type` and that type's keys (its frozen dataclass);
+`name` is accepted and ignored, so OpenAI-style grader specs read as they are.
+A `multi` config holds `graders: {name: config}` and a `formula` over the names.
+Unknown types and keys fail at load time with one line naming them and the
+closest valid choice.
+
+>>> from reasonloop.core import Problem
+>>> g = grader_from_config({"type": "numeric", "abs_tol": 0.5})
+>>> g(Problem("1", "?", "10"), "about 10.4").score
+1.0
+>>> grader_from_config({"type": "numerc"})
+Traceback (most recent call last):
+...
+reasonloop.core.types.ConfigError: grader: unknown type 'numerc' (did you mean 'numeric'?)
+>>> grader_from_config({"type": "numeric", "abs_tl": 1})
+Traceback (most recent call last):
+...
+reasonloop.core.types.ConfigError: grader 'numeric': unknown key 'abs_tl' (did you mean 'abs_tol'?)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reasonloop.core import ConfigError, from_dict
+from reasonloop.graders.base import Grader, check_template
+from reasonloop.graders.json_fields import JsonFieldsConfig, json_fields
+from reasonloop.graders.judge import ModelConfig, judge
+from reasonloop.graders.math_equiv import MathConfig, math_equal
+from reasonloop.graders.multi import check_formula, multi_grade
+from reasonloop.graders.numeric import Gsm8kConfig, NumericConfig, gsm8k, numeric
+from reasonloop.graders.python_grader import PythonConfig, python_grade
+from reasonloop.graders.text import (
+    ExactConfig,
+    StringCheckConfig,
+    TextSimilarityConfig,
+    exact,
+    string_check,
+    text_similarity,
+)
+
+# type -> (config class, grading function taking (config, problem, completion))
+GRADERS: dict[str, tuple[type, Any]] = {
+    "exact": (ExactConfig, exact),
+    "string_check": (StringCheckConfig, string_check),
+    "numeric": (NumericConfig, numeric),
+    "gsm8k": (Gsm8kConfig, gsm8k),
+    "math": (MathConfig, math_equal),
+    "json_fields": (JsonFieldsConfig, json_fields),
+    "text_similarity": (TextSimilarityConfig, text_similarity),
+    "python": (PythonConfig, python_grade),
+    "model": (ModelConfig, judge),  # also takes the judge generator
+}
+TYPES = (*GRADERS, "multi")
+
+
+def _near(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    near = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean '{near[0]}'?)" if near else f" (valid: {', '.join(choices)})"
+
+
+def grader_from_config(config: dict[str, Any], *, generator: Any = None, source: str = "grader") -> Grader:
+    """A grader built from a config mapping. `generator` (a Generator) is needed by `model` graders only."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: expected a mapping with a 'type' key, got {type(config).__name__}")
+    if "type" not in config:
+        raise ConfigError(f"{source}: missing key 'type' (one of {', '.join(TYPES)})")
+    kind = config["type"]
+    if kind not in TYPES:
+        raise ConfigError(f"{source}: unknown type '{kind}'{_near(str(kind), TYPES)}")
+    keys = {k: v for k, v in config.items() if k not in ("type", "name")}
+    where = f"{source} '{kind}'" if source == "grader" else f"{source} ({kind})"
+    if kind == "multi":
+        return _multi(keys, generator, where)
+    cls, fn = GRADERS[kind]
+    cfg = from_dict(cls, keys, source=where)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, str):
+            check_template(value, f"{where}: key '{f.name}'")
+    if kind == "model":
+        if generator is None:
+            raise ConfigError(f"{where}: a model grader needs a judge generator (on the command line: --judge-model)")
+        return functools.partial(fn, cfg, generator)
+    return functools.partial(fn, cfg)
+
+
+def _multi(keys: dict[str, Any], generator: Any, where: str) -> Grader:
+    allowed = ["graders", "formula"]
+    for k in keys:
+        if k not in allowed:
+            raise ConfigError(f"{where}: unknown key '{k}'{_near(k, allowed)}")
+    graders, formula = keys.get("graders"), keys.get("formula")
+    if not isinstance(graders, dict) or not graders:
+        raise ConfigError(f"{where}: key 'graders' must map names to grader configs")
+    if not isinstance(formula, str) or not formula.strip():
+        raise ConfigError(f"{where}: key 'formula' must be an arithmetic formula over the grader names")
+    for name in graders:
+        if not str(name).isidentifier():
+            raise ConfigError(f"{where}: grader name '{name}' must be an identifier (letters, digits, _)")
+    check_formula(formula, list(graders))
+    built = {
+        name: grader_from_config(sub, generator=generator, source=f"{where}: grader '{name}'")
+        for name, sub in graders.items()
+    }
+    return functools.partial(multi_grade, built, formula)
+
+
+def multi(graders: dict[str, Grader], formula: str) -> Grader:
+    """Compose graders from Python: `multi({"f1": g1, "label": g2}, "0.7 * f1 + 0.3 * label")`."""
+    check_formula(formula, list(graders))
+    return functools.partial(multi_grade, dict(graders), formula)
+
+
+def load_grader(path: str | os.PathLike, *, generator: Any = None) -> Grader:
+    """A grader from a YAML file holding one grader config."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: grader file does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
+    return grader_from_config(data, generator=generator, source=str(p))
