@@ -69,3 +69,24 @@ def shared_data() -> Path:
     if not SHARED.exists():
         pytest.skip(f"shared data not found at {SHARED}")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def solver_tiny_dir(tmp_path_factory, char_tokenizer) -> Path:
+    """A tiny model that has memorised the canonical solutions of the first 60 train problems STaR draws
+    (seed 100), so recipes find correct rationales on it within seconds."""
+    from reasonloop.models import save_model
+    from reasonloop.tasks import ArithTask
+    from reasonloop.train import TrainConfig, encode_pairs, sft_loss, train_loop
+
+    problems = ArithTask().problems("train", 60, seed=100)
+    batch = encode_pairs(char_tokenizer, [p.prompt for p in problems], [p.meta["solution"] for p in problems])
+    model = tiny_model("llama", char_tokenizer)
+
+    def loss_fn(m, b):
+        return sft_loss(
+            m(input_ids=b.input_ids, attention_mask=b.attention_mask).logits, b.input_ids, b.completion_mask
+        )
+
+    train_loop(model, char_tokenizer, lambda i: batch, loss_fn, TrainConfig(steps=150, lr=1e-2, warmup=5))
+    return save_model(model, char_tokenizer, tmp_path_factory.mktemp("solver") / "model")

@@ -1,4 +1,4 @@
-"""The `reasonloop` command: init, sample, eval, demo, grade.
+"""The `reasonloop` command: init, sample, eval, demo, grade, star.
 
 Errors caused by input (unknown task, missing model path, bad config key,
 malformed JSONL) print one line, ``error: ...``, and exit with status 2.
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from reasonloop.core import ReasonloopError
+from reasonloop.core.paths import reasonloop_home, resolve_model
 
-HOME = Path(os.environ.get("REASONLOOP_HOME", "~/.cache/reasonloop")).expanduser()
-NANO_DIR = HOME / "nano"
+NANO_DIR = reasonloop_home() / "nano"
 
 
 def _console():
@@ -54,11 +54,6 @@ def progress_bar(total: int, description: str) -> Iterator[Any]:
             prog.update(task, advance=k, **({"status": status} if status is not None else {}))
 
         yield advance
-
-
-def resolve_model(path: str) -> Path:
-    """`nano` names the built-in model in $REASONLOOP_HOME; anything else is a directory."""
-    return NANO_DIR if path == "nano" else Path(path).expanduser()
 
 
 def _task_from_args(args: argparse.Namespace):
@@ -232,6 +227,21 @@ def _judge_engine(path: str):
     return HFEngine.from_pretrained(resolve_model(path))
 
 
+def cmd_star(args: argparse.Namespace) -> int:
+    """STaR from a YAML config (StarConfig keys) and --set overrides; rerun the same command to resume."""
+    from reasonloop.core import load_config, set_threads
+    from reasonloop.recipes import StarConfig, run_star
+
+    set_threads(args.threads)
+    cfg = load_config(StarConfig, args.config, args.set)
+    res = run_star(cfg, args.run_dir, bar=progress_bar, log=_console().print)
+    _console().print(
+        f"STaR: held-out greedy accuracy {100 * res['base_accuracy']:.1f}% -> {100 * res['final_accuracy']:.1f}% "
+        f"(best {100 * res['best_accuracy']:.1f}%); report at {Path(args.run_dir) / 'report.md'}"
+    )
+    return 0
+
+
 # --- parser --------------------------------------------------------------------
 
 
@@ -285,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-problems", type=int, default=200, help="held-out problems to evaluate on")
     p.add_argument("--max-batch", type=int, default=256, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("star", help="STaR self-improvement (resumable: rerun the same command)")
+    p.add_argument("config", nargs="?", help="YAML file of StarConfig keys (optional)")
+    p.add_argument("--run-dir", required=True, help="run directory (config, samples, checkpoints, report)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a StarConfig key (repeatable)")
+    p.set_defaults(func=cmd_star)
 
     from reasonloop.graders.cli import add_grade_parser
 

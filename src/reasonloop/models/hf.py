@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from reasonloop.core import ReasonloopError
+from reasonloop.core.paths import reasonloop_home, resolve_model  # noqa: F401 - re-exported
 
 
 def check_model_dir(path: str | os.PathLike) -> Path:

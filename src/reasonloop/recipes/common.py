@@ -1,0 +1,126 @@
+"""Pieces every recipe shares: resumable sampling to JSONL, greedy evaluation, SFT on (prompt, completion) pairs."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from reasonloop.core import JsonlWriter, Problem, RunDir, Sample, read_jsonl, repair_jsonl
+from reasonloop.engine import HFEngine
+from reasonloop.eval import grade
+from reasonloop.tasks import Task
+from reasonloop.train import TrainConfig, encode_pairs, sft_loss, train_loop
+
+# A progress factory: `with bar(total, description) as advance: advance(k)`.
+BarFactory = Callable[[int, str], contextlib.AbstractContextManager]
+
+
+@contextlib.contextmanager
+def no_bar(total: int, description: str) -> Iterator[Callable[..., None]]:
+    yield lambda *a, **k: None
+
+
+def sample_to_file(
+    run: RunDir,
+    name: str,
+    engine: HFEngine,
+    task: Task,
+    problems: list[Problem],
+    prompt_of: Callable[[Problem], str],
+    n: int,
+    *,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    bar: BarFactory = no_bar,
+) -> list[Sample]:
+    """`n` graded samples per problem in `samples/<name>.jsonl`, resuming what a killed run left.
+
+    Each sample carries (problem_id, sample_index); a rerun tops up problems
+    with fewer than `n` samples, so none is lost or written twice.
+    """
+    path = run.samples_path(name)
+    have: dict[str, list[Sample]] = {}
+    if path.exists():
+        repair_jsonl(path)
+        for rec in read_jsonl(path):
+            s = Sample.from_dict(rec)
+            have.setdefault(s.problem_id, []).append(s)
+    todo = [p for p in problems if len(have.get(p.id, [])) < n]
+    if todo:
+        per_call = max(1, engine.max_batch // n)
+        with bar(sum(n - len(have.get(p.id, [])) for p in todo), name) as advance, JsonlWriter(path) as w:
+            for b in range(0, len(todo), per_call):
+                group = todo[b : b + per_call]
+                # the seed depends on the problems, not on how far an earlier run got
+                call_seed = seed * 1_000_003 + sum(hash_id(p.id) for p in group) % 1_000_003
+                out = engine.generate(
+                    [prompt_of(p) for p in group],
+                    n,
+                    temperature=temperature,
+                    max_new_tokens=max_new_tokens,
+                    seed=call_seed,
+                )
+                for p, samples in zip(group, out):
+                    start = len(have.get(p.id, []))
+                    for j, s in enumerate(samples[start:], start=start):
+                        s.meta["sample_index"] = j
+                        grade(task, p, s)
+                        w.write(s.to_dict())
+                        have.setdefault(p.id, []).append(s)
+                    advance(n - start)
+    return [s for p in problems for s in have.get(p.id, [])[:n]]
+
+
+def hash_id(text: str) -> int:
+    """A hash of a string that is stable across processes (Python's `hash` is salted)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:4], "big")
+
+
+def greedy_accuracy(engine: HFEngine, task: Task, problems: list[Problem], max_new_tokens: int) -> float:
+    out = engine.generate([p.prompt for p in problems], 1, temperature=0.0, max_new_tokens=max_new_tokens)
+    return sum(task.is_correct(p, s[0].text) for p, s in zip(problems, out)) / len(problems)
+
+
+def finetune(
+    model,
+    tokenizer,
+    pairs: list[tuple[str, str]],
+    cfg: TrainConfig,
+    batch_size: int,
+    out_dir: Path,
+    seed: int,
+    bar: BarFactory = no_bar,
+) -> dict[str, Any]:
+    """SFT on (prompt, completion) pairs for `cfg.steps` steps, shuffled per epoch; resumable via `out_dir`."""
+    if not pairs:
+        raise ValueError("no training pairs")
+    per_epoch = math.ceil(len(pairs) / batch_size)
+
+    def batches(i: int):
+        epoch, k = divmod(i, per_epoch)
+        order = list(range(len(pairs)))
+        random.Random(seed * 7919 + epoch).shuffle(order)
+        chosen = [pairs[j] for j in order[k * batch_size : (k + 1) * batch_size]]
+        return encode_pairs(tokenizer, [p for p, _ in chosen], [c for _, c in chosen])
+
+    def loss_fn(m, b):
+        logits = m(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+        return sft_loss(logits, b.input_ids, b.completion_mask)
+
+    with bar(cfg.steps, f"fine-tuning on {len(pairs)} rationales") as advance:
+        return train_loop(
+            model,
+            tokenizer,
+            batches,
+            loss_fn,
+            cfg,
+            out_dir=out_dir,
+            progress=lambda r: advance(status=f"nll {r['sft_nll']:.3f}"),
+        )

@@ -1,0 +1,206 @@
+"""STaR, the Self-Taught Reasoner (Zelikman et al. 2022), resumable.
+
+    reasonloop star CONFIG.yaml --run-dir runs/star        # or: run_star(StarConfig(...), "runs/star")
+
+Each round, with the latest model:
+1. sample `samples` rationales for every training problem and keep those the
+   grader accepts;
+2. rationalise the failures: prompt with the answer as a hint (the task's
+   `hint_prompt`), keep hinted rationales that reach the right answer, and store
+   them with the hint removed (under the plain prompt);
+3. fine-tune on the kept rationales, from the original base each round as in
+   the paper (or from the last round with `continue_training`);
+4. measure held-out greedy accuracy; stop when it has not improved for
+   `patience` rounds.
+
+Departures from the paper: several samples per problem at temperature
+`temperature` instead of one greedy decode (more of the training set is solved
+per round on a small model), and at most `keep_per_problem` distinct rationales
+kept per problem so easy problems do not dominate the data.
+
+Resuming: every phase writes its result before the next starts (samples to
+append-only JSONL with (problem_id, sample_index), training checkpoints through
+`train_loop`, round results to `state.json`), so a killed run continues from the
+last finished piece when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reasonloop.core import RunDir, atomic_write_text, seed_everything, to_dict
+from reasonloop.engine import HFEngine
+from reasonloop.models import load_model, resolve_model, save_model
+from reasonloop.recipes.common import BarFactory, finetune, greedy_accuracy, no_bar, sample_to_file
+from reasonloop.tasks import get_task
+from reasonloop.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class StarConfig:
+    """One STaR run."""
+
+    model: str = "nano"  # base model directory, or "nano" for the built-in model
+    task: str = "arith"  # a built-in world (its problems carry a hint prompt)
+    n_train: int = 1000  # training problems (train split)
+    n_eval: int = 200  # held-out problems (test split) for greedy accuracy
+    rounds: int = 3  # most rounds
+    patience: int = 1  # stop after this many rounds without a better held-out accuracy
+    samples: int = 4  # rationales sampled per problem per round
+    temperature: float = 1.0  # sampling temperature
+    max_new_tokens: int = 96  # generation budget per rationale
+    rationalize: bool = True  # rationalise failures with the answer as a hint
+    keep_per_problem: int = 1  # distinct correct rationales kept per problem
+    continue_training: bool = False  # fine-tune the last round's model instead of the base
+    epochs: float = 3.0  # passes over the round's rationales
+    batch_size: int = 32  # sequences per optimiser step
+    lr: float = 1e-3  # peak learning rate
+    max_batch: int = 256  # engine rows in flight
+    seed: int = 0  # problems, sampling and training derive from this
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.samples < 1 or self.keep_per_problem < 1:
+            raise ValueError("rounds, samples and keep_per_problem must be at least 1")
+
+
+def select_rationales(samples, limit: int) -> dict[str, list[str]]:
+    """Up to `limit` distinct correct rationales per problem, in sampling order."""
+    kept: dict[str, list[str]] = {}
+    for s in samples:
+        texts = kept.setdefault(s.problem_id, [])
+        if s.reward == 1.0 and s.text not in texts and len(texts) < limit:
+            texts.append(s.text)
+    return {k: v for k, v in kept.items() if v}
+
+
+def run_star(cfg: StarConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=print) -> dict[str, Any]:
+    run = RunDir(run_dir)
+    run.save_config(to_dict(cfg))
+    seed_everything(cfg.seed)
+    task = get_task(cfg.task)
+    train_problems = task.problems("train", cfg.n_train, seed=cfg.seed + 100)
+    test_problems = task.problems("test", cfg.n_eval, seed=cfg.seed)
+    by_id = {p.id: p for p in train_problems}
+    base = resolve_model(cfg.model)
+
+    state = run.state
+    if "base_accuracy" not in state:
+        engine = HFEngine.from_pretrained(base, max_batch=cfg.max_batch)
+        state = run.update_state(
+            base_accuracy=greedy_accuracy(engine, task, test_problems, cfg.max_new_tokens), rounds=[]
+        )
+        run.log_metrics(round=0, held_out_accuracy=state["base_accuracy"])
+    log(f"base held-out greedy accuracy: {100 * state['base_accuracy']:.1f}%")
+    rounds: list[dict] = state["rounds"]
+    best = max([state["base_accuracy"]] + [r["held_out_accuracy"] for r in rounds])
+
+    while len(rounds) < cfg.rounds and not _patience_exhausted(state["base_accuracy"], rounds, cfg.patience):
+        r = len(rounds) + 1
+        current = base if r == 1 else run.checkpoint(f"round{r - 1}")
+        engine = HFEngine.from_pretrained(current, max_batch=cfg.max_batch)
+        kw = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + r, bar=bar)
+        plain = sample_to_file(
+            run, f"round{r}-plain", engine, task, train_problems, lambda p: p.prompt, cfg.samples, **kw
+        )
+        kept = select_rationales(plain, cfg.keep_per_problem)
+        hinted_kept: dict[str, list[str]] = {}
+        if cfg.rationalize:
+            failed = [p for p in train_problems if p.id not in kept]
+            hinted = sample_to_file(
+                run, f"round{r}-hint", engine, task, failed, lambda p: p.meta["hint_prompt"], cfg.samples, **kw
+            )
+            hinted_kept = select_rationales(hinted, cfg.keep_per_problem)
+        # rationalised solutions are stored under the plain prompt: the hint is removed
+        pairs = [(by_id[pid].prompt, t) for pid, ts in {**kept, **hinted_kept}.items() for t in ts]
+        ckpt = run.checkpoint(f"round{r}")
+        if not (ckpt / "config.json").exists() and not pairs:
+            log(f"round {r}: no correct rationale was found; the model is carried over unchanged")
+            save_model(*load_model(current), ckpt)
+        if not (ckpt / "config.json").exists():
+            start = current if cfg.continue_training else base
+            model, tokenizer = load_model(start)
+            steps = max(1, math.ceil(cfg.epochs * len(pairs) / cfg.batch_size))
+            tcfg = TrainConfig(
+                steps=steps, lr=cfg.lr, warmup=max(1, steps // 20), save_every=max(1, steps // 5), seed=cfg.seed + r
+            )
+            finetune(
+                model, tokenizer, pairs, tcfg, cfg.batch_size, run.checkpoint(f"round{r}-train"), cfg.seed + r, bar
+            )
+            save_model(model, tokenizer, ckpt)
+        acc = greedy_accuracy(
+            HFEngine.from_pretrained(ckpt, max_batch=cfg.max_batch), task, test_problems, cfg.max_new_tokens
+        )
+        record = {
+            "round": r,
+            "held_out_accuracy": acc,
+            "train_solved_plain": len(kept),
+            "train_solved_rationalized": len(hinted_kept),
+            "rationales_plain": sum(len(v) for v in kept.values()),
+            "rationales_rationalized": sum(len(v) for v in hinted_kept.values()),
+            "train_problems": len(train_problems),
+        }
+        rounds.append(record)
+        run.update_state(rounds=rounds)
+        run.log_metrics(**record)
+        best = max(best, acc)
+        log(
+            f"round {r}: held-out greedy accuracy {100 * acc:.1f}% "
+            f"(rationales: {record['rationales_plain']} sampled, {record['rationales_rationalized']} rationalised)"
+        )
+    state = run.state
+    write_report(run, cfg, state)
+    final = state["rounds"][-1]["held_out_accuracy"] if state["rounds"] else state["base_accuracy"]
+    return {
+        "base_accuracy": state["base_accuracy"],
+        "final_accuracy": final,
+        "best_accuracy": best,
+        "rounds": state["rounds"],
+    }
+
+
+def _patience_exhausted(base_acc: float, rounds: list[dict], patience: int) -> bool:
+    accs = [base_acc] + [r["held_out_accuracy"] for r in rounds]
+    best_at = max(range(len(accs)), key=lambda i: (accs[i], -i))
+    return len(accs) - 1 - best_at >= patience
+
+
+def write_report(run: RunDir, cfg: StarConfig, state: dict) -> None:
+    """report.md with the per-round table, and plots/accuracy_per_round.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = state["rounds"]
+    accs = [state["base_accuracy"]] + [r["held_out_accuracy"] for r in rounds]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(range(len(accs)), [100 * a for a in accs], marker="o")
+    ax.set_xlabel("round (0 = base)")
+    ax.set_ylabel("held-out greedy accuracy (%)")
+    ax.set_title(f"STaR on {cfg.task}")
+    ax.set_xticks(range(len(accs)))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run.path / "plots" / "accuracy_per_round.png", dpi=120)
+    plt.close(fig)
+    lines = [
+        f"# STaR on `{cfg.task}`",
+        "",
+        f"Base model `{cfg.model}`; {cfg.n_train} training problems, {cfg.n_eval} held-out problems; "
+        f"{cfg.samples} samples per problem at temperature {cfg.temperature}; rationalisation "
+        f"{'on' if cfg.rationalize else 'off'}; fine-tuning from {'the last round' if cfg.continue_training else 'the base'}.",
+        "",
+        "| round | held-out greedy accuracy | problems solved by sampling | solved by rationalisation | rationales used |",
+        "|---|---|---|---|---|",
+        f"| 0 (base) | {100 * state['base_accuracy']:.1f}% | | | |",
+    ]
+    for r in rounds:
+        lines.append(
+            f"| {r['round']} | {100 * r['held_out_accuracy']:.1f}% | {r['train_solved_plain']} | "
+            f"{r['train_solved_rationalized']} | {r['rationales_plain'] + r['rationales_rationalized']} |"
+        )
+    lines += ["", "![accuracy per round](plots/accuracy_per_round.png)", ""]
+    atomic_write_text(run.path / "report.md", "\n".join(lines))
