@@ -1,4 +1,4 @@
-"""The `reasonloop` command: init, sample, eval, demo, grade, star.
+"""The `reasonloop` command: init, sample, eval, demo, grade, star, rft.
 
 Errors caused by input (unknown task, missing model path, bad config key,
 malformed JSONL) print one line, ``error: ...``, and exit with status 2.
@@ -227,6 +227,18 @@ def _judge_engine(path: str):
     return HFEngine.from_pretrained(resolve_model(path))
 
 
+def cmd_rft(args: argparse.Namespace) -> int:
+    """RFT from a YAML config (RftConfig keys) and --set overrides; rerun the same command to resume."""
+    from reasonloop.core import load_config, set_threads
+    from reasonloop.recipes import RftConfig, run_rft
+
+    set_threads(args.threads)
+    cfg = load_config(RftConfig, args.config, args.set)
+    run_rft(cfg, args.run_dir, bar=progress_bar, log=_console().print)
+    _console().print(f"report at {Path(args.run_dir) / 'report.md'}")
+    return 0
+
+
 def cmd_star(args: argparse.Namespace) -> int:
     """STaR from a YAML config (StarConfig keys) and --set overrides; rerun the same command to resume."""
     from reasonloop.core import load_config, set_threads
@@ -301,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, help="run directory (config, samples, checkpoints, report)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a StarConfig key (repeatable)")
     p.set_defaults(func=cmd_star)
+
+    p = sub.add_parser("rft", help="rejection-sampling fine-tuning (resumable: rerun the same command)")
+    p.add_argument("config", nargs="?", help="YAML file of RftConfig keys (optional)")
+    p.add_argument("--run-dir", required=True, help="run directory (config, samples, checkpoints, report)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an RftConfig key (repeatable)")
+    p.set_defaults(func=cmd_rft)
 
     from reasonloop.graders.cli import add_grade_parser
 

@@ -1,0 +1,56 @@
+"""RFT on a tiny model: dedup keeps distinct paths, the run trains, reports and resumes."""
+
+import pytest
+
+from reasonloop.recipes.rft import RftConfig, most_distinct, run_rft
+
+
+def test_most_distinct_is_farthest_first():
+    a, b, c = ["1+2=3", "A: 3"], ["1+2=3", "3*1=3", "A: 3"], ["2+1=3", "A: 3"]
+    assert most_distinct([a, a, a], 3) == [0]
+    assert most_distinct([a, b, a, c], 2) == [0, 1]  # b is 1 step away from a, c is 1 step away too; ties -> first
+    assert sorted(most_distinct([a, b, a, c], 5)) == [0, 1, 3]
+    assert most_distinct([], 3) == []
+
+
+@pytest.mark.parametrize("dedup", [True, False])
+def test_rft_runs_and_resumes(tmp_path, solver_tiny_dir, dedup):
+    cfg = RftConfig(
+        model=str(solver_tiny_dir),
+        n_train=12,
+        n_eval=6,
+        k=4,
+        max_new_tokens=24,
+        epochs=1,
+        batch_size=4,
+        dedup=dedup,
+        max_paths=3,
+    )
+    state = run_rft(cfg, tmp_path / "run", log=lambda s: None)
+    assert state["problems_solved"] > 0 and 0 <= state["accuracy"] <= 1
+    assert state["distinct_correct_paths"] <= state["correct_samples"]
+    if dedup:
+        assert state["training_paths"] <= state["distinct_correct_paths"]
+    else:
+        assert state["training_paths"] >= state["problems_solved"]  # repeats of a path may be kept
+    assert (tmp_path / "run" / "report.md").read_text().startswith("# RFT")
+    assert run_rft(cfg, tmp_path / "run", log=lambda s: None) == state  # a finished run is not redone
+
+
+def test_rft_cli(tmp_path, solver_tiny_dir, capsys):
+    from reasonloop.cli import main
+
+    args = [
+        "rft",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--set",
+        f"model={solver_tiny_dir}",
+        "--set",
+        "n_train=8",
+        "--set",
+        "n_eval=4",
+    ]
+    args += ["--set", "k=2", "--set", "max_new_tokens=24", "--set", "epochs=1", "--set", "batch_size=4"]
+    assert main(args) == 0
+    assert "RFT (k=2, dedup=on)" in capsys.readouterr().err
