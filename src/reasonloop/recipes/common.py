@@ -6,13 +6,15 @@ import contextlib
 import math
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reasonloop.core import JsonlWriter, Problem, RunDir, Sample, read_jsonl, repair_jsonl
+from reasonloop.core import JsonlWriter, Problem, RunDir, Sample, read_jsonl, repair_jsonl, seed_everything, to_dict
 from reasonloop.engine import HFEngine
 from reasonloop.eval import grade
-from reasonloop.tasks import Task
+from reasonloop.models import load_model, resolve_model, save_model
+from reasonloop.tasks import Task, get_task
 from reasonloop.train import TrainConfig, encode_pairs, sft_loss, train_loop
 
 # A progress factory: `with bar(total, description) as advance: advance(k)`.
@@ -124,3 +126,54 @@ def finetune(
             out_dir=out_dir,
             progress=lambda r: advance(status=f"nll {r['sft_nll']:.3f}"),
         )
+
+
+@dataclass
+class RunSetup:
+    """What every recipe starts from: its run directory, task, problems and model."""
+
+    run: RunDir
+    task: Task
+    train: list[Problem]  # train-split problems the recipe learns from
+    test: list[Problem]  # held-out test-split problems it is measured on
+    by_id: dict[str, Problem]  # train problems by id
+    model: Path  # the starting model's directory
+
+    def __iter__(self):
+        return iter((self.run, self.task, self.train, self.test, self.by_id, self.model))
+
+
+def start_run(cfg: Any, run_dir: str | Path) -> RunSetup:
+    """Record the config (refusing a different one in the same directory), seed, and draw the problems.
+
+    `cfg` needs `task`, `n_train`, `n_eval`, `model` and `seed`.
+    """
+    run = RunDir(run_dir)
+    run.save_config(to_dict(cfg))
+    seed_everything(cfg.seed)
+    task = get_task(cfg.task)
+    train = task.problems("train", cfg.n_train, seed=cfg.seed + 100)
+    test = task.problems("test", cfg.n_eval, seed=cfg.seed)
+    return RunSetup(run, task, train, test, {p.id: p for p in train}, resolve_model(cfg.model))
+
+
+def finetune_and_save(
+    start: Path,
+    pairs: list[tuple[str, str]],
+    ckpt: Path,
+    train_dir: Path,
+    *,
+    epochs: float,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    bar: BarFactory = no_bar,
+) -> None:
+    """Fine-tune the model in `start` on `pairs` for `epochs` and save it to `ckpt` (skipped if it exists)."""
+    if (ckpt / "config.json").exists():
+        return
+    model, tokenizer = load_model(start)
+    steps = max(1, math.ceil(epochs * len(pairs) / batch_size))
+    cfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 20), save_every=max(1, steps // 5), seed=seed)
+    finetune(model, tokenizer, pairs, cfg, batch_size, train_dir, seed, bar)
+    save_model(model, tokenizer, ckpt)

@@ -19,19 +19,15 @@ since the nano model's seed set is already in its pretraining.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
-from reasonloop.core import RunDir, atomic_write_text, seed_everything, to_dict
+from reasonloop.core import atomic_write_text
 from reasonloop.engine import HFEngine
-from reasonloop.models import load_model, resolve_model, save_model
-from reasonloop.recipes.common import BarFactory, finetune, greedy_accuracy, no_bar, sample_to_file
-from reasonloop.tasks import get_task
-from reasonloop.train import TrainConfig
+from reasonloop.recipes.common import BarFactory, finetune_and_save, greedy_accuracy, no_bar, sample_to_file, start_run
 
 
 @dataclass(frozen=True)
@@ -82,14 +78,7 @@ def most_distinct(paths: list[list[str]], limit: int) -> list[int]:
 
 
 def run_rft(cfg: RftConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=print) -> dict[str, Any]:
-    run = RunDir(run_dir)
-    run.save_config(to_dict(cfg))
-    seed_everything(cfg.seed)
-    task = get_task(cfg.task)
-    train_problems = task.problems("train", cfg.n_train, seed=cfg.seed + 100)
-    test_problems = task.problems("test", cfg.n_eval, seed=cfg.seed)
-    by_id = {p.id: p for p in train_problems}
-    source = resolve_model(cfg.model)
+    run, task, train_problems, test_problems, by_id, source = start_run(cfg, run_dir)
     state = run.state
     if "base_accuracy" not in state:
         engine = HFEngine.from_pretrained(source, max_batch=cfg.max_batch)
@@ -117,14 +106,10 @@ def run_rft(cfg: RftConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=p
                 f"no correct solution among {cfg.k} samples of {len(train_problems)} problems: nothing to train on"
             )
         ckpt = run.checkpoint("final")
-        if not (ckpt / "config.json").exists():
-            model, tokenizer = load_model(source)
-            steps = max(1, math.ceil(cfg.epochs * len(pairs) / cfg.batch_size))
-            tcfg = TrainConfig(
-                steps=steps, lr=cfg.lr, warmup=max(1, steps // 20), save_every=max(1, steps // 5), seed=cfg.seed
-            )
-            finetune(model, tokenizer, pairs, tcfg, cfg.batch_size, run.checkpoint("train"), cfg.seed, bar)
-            save_model(model, tokenizer, ckpt)
+        finetune_and_save(
+            source, pairs, ckpt, run.checkpoint("train"),
+            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, bar=bar,
+        )  # fmt: skip
         engine = HFEngine.from_pretrained(ckpt, max_batch=cfg.max_batch)
         state = run.update_state(
             accuracy=greedy_accuracy(engine, task, test_problems, cfg.max_new_tokens),

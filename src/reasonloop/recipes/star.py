@@ -26,17 +26,14 @@ last finished piece when the same command is run again.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reasonloop.core import RunDir, atomic_write_text, seed_everything, to_dict
+from reasonloop.core import RunDir, atomic_write_text
 from reasonloop.engine import HFEngine
-from reasonloop.models import load_model, resolve_model, save_model
-from reasonloop.recipes.common import BarFactory, finetune, greedy_accuracy, no_bar, sample_to_file
-from reasonloop.tasks import get_task
-from reasonloop.train import TrainConfig
+from reasonloop.models import load_model, save_model
+from reasonloop.recipes.common import BarFactory, finetune_and_save, greedy_accuracy, no_bar, sample_to_file, start_run
 
 
 @dataclass(frozen=True)
@@ -77,14 +74,7 @@ def select_rationales(samples, limit: int) -> dict[str, list[str]]:
 
 
 def run_star(cfg: StarConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=print) -> dict[str, Any]:
-    run = RunDir(run_dir)
-    run.save_config(to_dict(cfg))
-    seed_everything(cfg.seed)
-    task = get_task(cfg.task)
-    train_problems = task.problems("train", cfg.n_train, seed=cfg.seed + 100)
-    test_problems = task.problems("test", cfg.n_eval, seed=cfg.seed)
-    by_id = {p.id: p for p in train_problems}
-    base = resolve_model(cfg.model)
+    run, task, train_problems, test_problems, by_id, base = start_run(cfg, run_dir)
 
     state = run.state
     if "base_accuracy" not in state:
@@ -119,17 +109,10 @@ def run_star(cfg: StarConfig, run_dir: str | Path, bar: BarFactory = no_bar, log
         if not (ckpt / "config.json").exists() and not pairs:
             log(f"round {r}: no correct rationale was found; the model is carried over unchanged")
             save_model(*load_model(current), ckpt)
-        if not (ckpt / "config.json").exists():
-            start = current if cfg.continue_training else base
-            model, tokenizer = load_model(start)
-            steps = max(1, math.ceil(cfg.epochs * len(pairs) / cfg.batch_size))
-            tcfg = TrainConfig(
-                steps=steps, lr=cfg.lr, warmup=max(1, steps // 20), save_every=max(1, steps // 5), seed=cfg.seed + r
-            )
-            finetune(
-                model, tokenizer, pairs, tcfg, cfg.batch_size, run.checkpoint(f"round{r}-train"), cfg.seed + r, bar
-            )
-            save_model(model, tokenizer, ckpt)
+        finetune_and_save(
+            current if cfg.continue_training else base, pairs, ckpt, run.checkpoint(f"round{r}-train"),
+            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed + r, bar=bar,
+        )  # fmt: skip
         acc = greedy_accuracy(
             HFEngine.from_pretrained(ckpt, max_batch=cfg.max_batch), task, test_problems, cfg.max_new_tokens
         )
