@@ -81,22 +81,27 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> 
         raise ConfigError(f"{source}: {e}") from None
 
 
+def read_yaml(path: str | os.PathLike, what: str = "file") -> dict[str, Any]:
+    """A YAML file holding a mapping; ConfigError naming the file when it is missing, malformed or not a mapping."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: {what} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: expected a mapping of keys to values")
+    return loaded or {}
+
+
 def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> T:
     """Load `cls` from a YAML file (optional) and `key=value` overrides (command line)."""
     data: dict[str, Any] = {}
     source = "config"
     if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"{p}: config file does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping of keys to values")
-        data.update(loaded or {})
-        source = str(p)
+        data.update(read_yaml(path, "config file"))
+        source = str(path)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value")

@@ -26,10 +26,7 @@ import dataclasses
 import difflib
 import functools
 import os
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from reasonloop.core import ConfigError, from_dict
 from reasonloop.graders.base import Grader, check_template
@@ -123,11 +120,6 @@ def multi(graders: dict[str, Grader], formula: str) -> Grader:
 
 def load_grader(path: str | os.PathLike, *, generator: Any = None) -> Grader:
     """A grader from a YAML file holding one grader config."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: grader file does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
-    return grader_from_config(data, generator=generator, source=str(p))
+    from reasonloop.core.config import read_yaml
+
+    return grader_from_config(read_yaml(path, "grader file"), generator=generator, source=str(path))
