@@ -1,0 +1,5 @@
+"""Layer 4: verifiers, one interface: `score(problem, steps) -> float`, `score_steps(problem, steps) -> list[float]`."""
+
+from reasonloop.verifiers.dpo import DpoVerifier, DpoVerifierConfig, preference_pairs, train_dpo_verifier
+
+__all__ = ["DpoVerifier", "DpoVerifierConfig", "preference_pairs", "train_dpo_verifier"]
