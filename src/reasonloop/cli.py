@@ -1,4 +1,4 @@
-"""The `reasonloop` command: init, sample, eval, demo, grade, star, rft.
+"""The `reasonloop` command: init, sample, eval, demo, grade, star, rft, vstar.
 
 Errors caused by input (unknown task, missing model path, bad config key,
 malformed JSONL) print one line, ``error: ...``, and exit with status 2.
@@ -239,6 +239,17 @@ def cmd_rft(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vstar(args: argparse.Namespace) -> int:
+    """V-STaR from a YAML config (VStarConfig keys) and --set overrides; rerun the same command to resume."""
+    from reasonloop.core import load_config, set_threads
+    from reasonloop.recipes import VStarConfig, run_vstar
+
+    set_threads(args.threads)
+    run_vstar(load_config(VStarConfig, args.config, args.set), args.run_dir, bar=progress_bar, log=_console().print)
+    _console().print(f"report at {Path(args.run_dir) / 'report.md'}")
+    return 0
+
+
 def cmd_star(args: argparse.Namespace) -> int:
     """STaR from a YAML config (StarConfig keys) and --set overrides; rerun the same command to resume."""
     from reasonloop.core import load_config, set_threads
@@ -319,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, help="run directory (config, samples, checkpoints, report)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an RftConfig key (repeatable)")
     p.set_defaults(func=cmd_rft)
+
+    p = sub.add_parser("vstar", help="V-STaR: STaR plus a DPO verifier for best-of-N (resumable)")
+    p.add_argument("config", nargs="?", help="YAML file of VStarConfig keys (optional)")
+    p.add_argument("--run-dir", required=True, help="run directory (config, samples, checkpoints, report)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a VStarConfig key (repeatable)")
+    p.set_defaults(func=cmd_vstar)
 
     from reasonloop.graders.cli import add_grade_parser
 

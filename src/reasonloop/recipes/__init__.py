@@ -2,5 +2,6 @@
 
 from reasonloop.recipes.rft import RftConfig, run_rft
 from reasonloop.recipes.star import StarConfig, run_star
+from reasonloop.recipes.vstar import VStarConfig, run_vstar
 
-__all__ = ["RftConfig", "StarConfig", "run_rft", "run_star"]
+__all__ = ["RftConfig", "StarConfig", "VStarConfig", "run_rft", "run_star", "run_vstar"]

@@ -1,0 +1,149 @@
+"""V-STaR (Hosseini et al. 2024): STaR for the generator, plus a DPO verifier trained on every round's
+correct and incorrect samples; best-of-N with the verifier at inference. Resumable.
+
+    reasonloop vstar CONFIG.yaml --run-dir runs/vstar
+
+1. run STaR (`RUN/star`); every round's graded samples, right and wrong, are kept;
+2. build (correct, incorrect) pairs per problem from the union of all rounds;
+3. train the DPO verifier from the base model, which is also its reference (`RUN/verifier`);
+4. on held-out problems, sample N solutions from the final generator and compare
+   greedy accuracy, majority vote over the first n samples and verifier
+   best-of-n, for n = 1..N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from reasonloop.core import RunDir, Sample, atomic_write_json, atomic_write_text, read_jsonl, to_dict
+from reasonloop.engine import HFEngine
+from reasonloop.eval.metrics import majority_correct
+from reasonloop.models import resolve_model
+from reasonloop.recipes.common import BarFactory, greedy_accuracy, no_bar, sample_to_file
+from reasonloop.recipes.star import StarConfig, run_star
+from reasonloop.search import best_of_n
+from reasonloop.tasks import get_task
+from reasonloop.verifiers import DpoVerifier, DpoVerifierConfig, preference_pairs, train_dpo_verifier
+
+
+@dataclass(frozen=True)
+class VStarConfig(StarConfig):
+    """STaR's keys, plus the verifier's and the evaluation's."""
+
+    verifier_beta: float = 0.1  # DPO temperature of the verifier
+    verifier_epochs: float = 2.0  # passes over the preference pairs
+    verifier_lr: float = 5e-4  # verifier learning rate
+    verifier_batch_size: int = 16  # pairs per optimiser step
+    pairs_per_problem: int = 4  # (correct, incorrect) pairs per problem
+    best_of: int = 16  # N: samples per held-out problem for vote and best-of-N
+
+
+def _star_part(cfg: VStarConfig) -> StarConfig:
+    names = {f.name for f in fields(StarConfig)}
+    return StarConfig(**{k: v for k, v in to_dict(cfg).items() if k in names})
+
+
+def run_vstar(cfg: VStarConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=print) -> dict[str, Any]:
+    run = RunDir(run_dir)
+    run.save_config(to_dict(cfg))
+    star_dir = run.path / "star"
+    star = run_star(_star_part(cfg), star_dir, bar=bar, log=log)
+    task = get_task(cfg.task)
+    train_problems = task.problems("train", cfg.n_train, seed=cfg.seed + 100)
+    test_problems = task.problems("test", cfg.n_eval, seed=cfg.seed)
+    generator = (
+        resolve_model(cfg.model) if not star["rounds"] else star_dir / "checkpoints" / f"round{len(star['rounds'])}"
+    )
+
+    samples = [
+        Sample.from_dict(r) for f in sorted((star_dir / "samples").glob("round*-plain.jsonl")) for r in read_jsonl(f)
+    ]
+    pairs = preference_pairs(train_problems, samples, cfg.pairs_per_problem, cfg.seed)
+    log(
+        f"verifier: {len(pairs)} (correct, incorrect) pairs from {len(samples)} samples of {len(star['rounds'])} rounds"
+    )
+    vcfg = DpoVerifierConfig(
+        beta=cfg.verifier_beta,
+        epochs=cfg.verifier_epochs,
+        batch_size=cfg.verifier_batch_size,
+        lr=cfg.verifier_lr,
+        seed=cfg.seed,
+    )
+    verifier_dir = train_dpo_verifier(resolve_model(cfg.model), pairs, run.path / "verifier", vcfg)
+    verifier = DpoVerifier(HFEngine.from_pretrained(verifier_dir), HFEngine.from_pretrained(resolve_model(cfg.model)))
+
+    engine = HFEngine.from_pretrained(generator, max_batch=cfg.max_batch)
+    held = sample_to_file(
+        run, "heldout", engine, task, test_problems, lambda p: p.prompt, cfg.best_of,
+        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 999, bar=bar,
+    )  # fmt: skip
+    scores = verifier.score_completions(
+        [p.prompt for p in test_problems for _ in range(cfg.best_of)], [s.text for s in held]
+    )
+    N = cfg.best_of
+    curves: dict[str, list[float]] = {"majority_vote": [], "verifier_best_of_n": []}
+    for n in range(1, N + 1):
+        vote = best = 0.0
+        for i, p in enumerate(test_problems):
+            ss, sc = held[i * N : i * N + n], scores[i * N : i * N + n]
+            vote += majority_correct([s.answer for s in ss], p.answer)
+            best += ss[best_of_n(sc)].reward or 0.0
+        curves["majority_vote"].append(vote / len(test_problems))
+        curves["verifier_best_of_n"].append(best / len(test_problems))
+    result = {
+        "base_accuracy": star["base_accuracy"],
+        "greedy_accuracy": greedy_accuracy(engine, task, test_problems, cfg.max_new_tokens),
+        f"maj@{N}": curves["majority_vote"][-1],
+        f"verifier_best_of_{N}": curves["verifier_best_of_n"][-1],
+        "curves": curves,
+        "pairs": len(pairs),
+        "star_rounds": star["rounds"],
+    }
+    atomic_write_json(run.path / "results.json", result)
+    _report(run, cfg, result)
+    log(
+        f"held-out: greedy {100 * result['greedy_accuracy']:.1f}%, majority vote@{N} {100 * result[f'maj@{N}']:.1f}%, "
+        f"verifier best-of-{N} {100 * result[f'verifier_best_of_{N}']:.1f}%"
+    )
+    return result
+
+
+def _report(run: RunDir, cfg: VStarConfig, res: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    N = cfg.best_of
+    ns = list(range(1, N + 1))
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(ns, [100 * a for a in res["curves"]["verifier_best_of_n"]], marker="o", label="verifier best-of-n")
+    ax.plot(ns, [100 * a for a in res["curves"]["majority_vote"]], marker="s", label="majority vote")
+    ax.axhline(100 * res["greedy_accuracy"], color="gray", linestyle="--", label="greedy")
+    ax.set_xlabel("samples per problem (n)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title(f"V-STaR on {cfg.task}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run.path / "plots" / "accuracy_vs_n.png", dpi=120)
+    plt.close(fig)
+    lines = [
+        f"# V-STaR on `{cfg.task}`",
+        "",
+        f"Generator: STaR, {len(res['star_rounds'])} rounds (see `star/report.md`). Verifier: DPO on {res['pairs']} "
+        f"(correct, incorrect) pairs from all rounds, beta {cfg.verifier_beta}, from the base model.",
+        "",
+        "| method | held-out accuracy |",
+        "|---|---|",
+        f"| base, greedy | {100 * res['base_accuracy']:.1f}% |",
+        f"| after STaR, greedy | {100 * res['greedy_accuracy']:.1f}% |",
+        f"| majority vote over {N} samples | {100 * res[f'maj@{N}']:.1f}% |",
+        f"| verifier best-of-{N} | {100 * res[f'verifier_best_of_{N}']:.1f}% |",
+        "",
+        "![accuracy vs n](plots/accuracy_vs_n.png)",
+        "",
+    ]
+    atomic_write_text(run.path / "report.md", "\n".join(lines))
