@@ -1,0 +1,116 @@
+"""Step-level beam search guided by a verifier (as in Snell et al. 2024; Setlur et al. 2024). A pure function.
+
+The model calls are arguments, so the search can be tested on hand-built trees:
+
+- `expand(prefixes, k)`: for each partial solution (a list of steps), `k` candidate
+  next steps, each `(step, is_final, tokens_spent)`;
+- `score(prefixes)`: a verifier value for each partial solution (higher is better).
+
+Each depth, every live beam is expanded `expansions` times; the `beam_width`
+best candidates (by score) survive. A candidate that ends its solution is set
+aside; the search stops when `beam_width` solutions are finished or at
+`max_depth`, and returns the best-scoring finished solution (or, if none
+finished, the best partial one). `lookahead` is left to a later version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+Expand = Callable[[list[list[str]], int], list[list[tuple[str, bool, int]]]]
+Score = Callable[[list[list[str]]], list[float]]
+
+
+@dataclass(frozen=True)
+class BeamResult:
+    steps: list[str]  # the chosen solution
+    score: float  # its verifier score
+    finished: bool  # whether it ended (else the best partial solution at max_depth)
+    kept: list[tuple[list[str], float]] = field(default_factory=list)  # every finished solution with its score
+    generator_tokens: int = 0  # tokens the expansions spent
+    verifier_calls: int = 0  # partial solutions scored
+
+
+def beam_search(
+    expand: Expand, score: Score, *, beam_width: int = 4, expansions: int = 4, max_depth: int = 16
+) -> BeamResult:
+    """Search for the best-scoring solution; see the module docstring.
+
+    >>> tree = {(): [("a", False), ("b", False)], ("a",): [("a1", True)], ("b",): [("b1", True)]}
+    >>> values = {("a",): 0.9, ("b",): 0.1, ("a", "a1"): 0.2, ("b", "b1"): 0.8}
+    >>> expand = lambda ps, k: [[(s, f, 1) for s, f in tree[tuple(p)]] for p in ps]
+    >>> score = lambda ps: [values[tuple(p)] for p in ps]
+    >>> beam_search(expand, score, beam_width=1).steps   # greedy on the verifier: the trap
+    ['a', 'a1']
+    >>> beam_search(expand, score, beam_width=2).steps
+    ['b', 'b1']
+    """
+    if beam_width < 1 or expansions < 1:
+        raise ValueError("beam_width and expansions must be at least 1")
+    beams: list[list[str]] = [[]]
+    finished: list[tuple[list[str], float]] = []
+    tokens = calls = 0
+    best_partial: tuple[list[str], float] = ([], float("-inf"))
+    for _ in range(max_depth):
+        if not beams:
+            break
+        candidates: list[tuple[list[str], bool]] = []
+        seen: set[tuple[str, ...]] = set()
+        for prefix, options in zip(beams, expand(beams, expansions)):
+            for step, final, spent in options:
+                tokens += spent
+                path = prefix + [step]
+                if tuple(path) not in seen:  # identical expansions are one candidate
+                    seen.add(tuple(path))
+                    candidates.append((path, final))
+        if not candidates:
+            break
+        values = score([p for p, _ in candidates])
+        calls += len(candidates)
+        ranked = sorted(zip(candidates, values), key=lambda cv: -cv[1])  # stable: ties keep generation order
+        beams = []
+        for (path, final), value in ranked:
+            if final:
+                finished.append((path, value))
+            elif len(beams) < beam_width:
+                beams.append(path)
+                if value > best_partial[1]:
+                    best_partial = (path, value)
+            if len(beams) >= beam_width and len(finished) >= beam_width:
+                break
+        if len(finished) >= beam_width:
+            break
+    if finished:
+        steps, value = max(finished, key=lambda pv: pv[1])
+        return BeamResult(steps, value, True, finished, tokens, calls)
+    return BeamResult(best_partial[0], best_partial[1], False, finished, tokens, calls)
+
+
+def generator_expand(
+    generator, prompt: str, delimiter: str = "\n", *, temperature: float = 1.0, max_new_tokens: int = 64, seed: int = 0
+) -> Expand:
+    """An `expand` that asks a `Generator` for the next step of each prefix (one call, `stop=[delimiter]`).
+
+    A step is final when generation ended for another reason than the delimiter
+    (end of sequence or the token budget). Prefixes sharing a prompt reuse its
+    encoding inside the engine.
+    """
+    calls = iter(range(1 << 30))
+
+    def expand(prefixes: list[list[str]], k: int) -> list[list[tuple[str, bool, int]]]:
+        prompts = [prompt + "".join(s + delimiter for s in p) for p in prefixes]
+        out = generator.generate(
+            prompts,
+            k,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            stop=[delimiter],
+            seed=seed + next(calls),
+        )
+        return [
+            [(s.text.strip(), s.meta.get("finish_reason") != "stop", len(s.token_ids)) for s in samples]
+            for samples in out
+        ]
+
+    return expand
