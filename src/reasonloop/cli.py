@@ -57,18 +57,16 @@ def progress_bar(total: int, description: str) -> Iterator[Any]:
 
 
 def _task_from_args(args: argparse.Namespace):
-    from reasonloop.core.config import load_config
+    import yaml
+
     from reasonloop.tasks import get_task
 
     options: dict[str, Any] = {}
     for item in args.task_option or []:
-        k, _, v = item.partition("=")
-        if not _:
+        k, sep, v = item.partition("=")
+        if not sep:
             raise ReasonloopError(f"--task-option '{item}': expected key=value")
-        import yaml
-
         options[k] = yaml.safe_load(v)
-    del load_config
     return get_task(args.task, data=args.data, **options)
 
 
@@ -227,37 +225,37 @@ def _judge_engine(path: str):
     return HFEngine.from_pretrained(resolve_model(path))
 
 
-def cmd_rft(args: argparse.Namespace) -> int:
-    """RFT from a YAML config (RftConfig keys) and --set overrides; rerun the same command to resume."""
+def _recipe_config(args: argparse.Namespace, cls):
+    """A recipe's config from its YAML file and --set overrides; also sets torch threads."""
     from reasonloop.core import load_config, set_threads
-    from reasonloop.recipes import RftConfig, run_rft
 
     set_threads(args.threads)
-    cfg = load_config(RftConfig, args.config, args.set)
-    run_rft(cfg, args.run_dir, bar=progress_bar, log=_console().print)
+    return load_config(cls, args.config, args.set)
+
+
+def cmd_rft(args: argparse.Namespace) -> int:
+    """RFT; rerun the same command to resume."""
+    from reasonloop.recipes import RftConfig, run_rft
+
+    run_rft(_recipe_config(args, RftConfig), args.run_dir, bar=progress_bar, log=_console().print)
     _console().print(f"report at {Path(args.run_dir) / 'report.md'}")
     return 0
 
 
 def cmd_vstar(args: argparse.Namespace) -> int:
-    """V-STaR from a YAML config (VStarConfig keys) and --set overrides; rerun the same command to resume."""
-    from reasonloop.core import load_config, set_threads
+    """V-STaR; rerun the same command to resume."""
     from reasonloop.recipes import VStarConfig, run_vstar
 
-    set_threads(args.threads)
-    run_vstar(load_config(VStarConfig, args.config, args.set), args.run_dir, bar=progress_bar, log=_console().print)
+    run_vstar(_recipe_config(args, VStarConfig), args.run_dir, bar=progress_bar, log=_console().print)
     _console().print(f"report at {Path(args.run_dir) / 'report.md'}")
     return 0
 
 
 def cmd_star(args: argparse.Namespace) -> int:
-    """STaR from a YAML config (StarConfig keys) and --set overrides; rerun the same command to resume."""
-    from reasonloop.core import load_config, set_threads
+    """STaR; rerun the same command to resume."""
     from reasonloop.recipes import StarConfig, run_star
 
-    set_threads(args.threads)
-    cfg = load_config(StarConfig, args.config, args.set)
-    res = run_star(cfg, args.run_dir, bar=progress_bar, log=_console().print)
+    res = run_star(_recipe_config(args, StarConfig), args.run_dir, bar=progress_bar, log=_console().print)
     _console().print(
         f"STaR: held-out greedy accuracy {100 * res['base_accuracy']:.1f}% -> {100 * res['final_accuracy']:.1f}% "
         f"(best {100 * res['best_accuracy']:.1f}%); report at {Path(args.run_dir) / 'report.md'}"
@@ -319,23 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=256, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("star", help="STaR self-improvement (resumable: rerun the same command)")
-    p.add_argument("config", nargs="?", help="YAML file of StarConfig keys (optional)")
-    p.add_argument("--run-dir", required=True, help="run directory (config, samples, checkpoints, report)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a StarConfig key (repeatable)")
-    p.set_defaults(func=cmd_star)
-
-    p = sub.add_parser("rft", help="rejection-sampling fine-tuning (resumable: rerun the same command)")
-    p.add_argument("config", nargs="?", help="YAML file of RftConfig keys (optional)")
-    p.add_argument("--run-dir", required=True, help="run directory (config, samples, checkpoints, report)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an RftConfig key (repeatable)")
-    p.set_defaults(func=cmd_rft)
-
-    p = sub.add_parser("vstar", help="V-STaR: STaR plus a DPO verifier for best-of-N (resumable)")
-    p.add_argument("config", nargs="?", help="YAML file of VStarConfig keys (optional)")
-    p.add_argument("--run-dir", required=True, help="run directory (config, samples, checkpoints, report)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a VStarConfig key (repeatable)")
-    p.set_defaults(func=cmd_vstar)
+    for name, config, help_text, func in (
+        ("star", "StarConfig", "STaR self-improvement", cmd_star),
+        ("rft", "RftConfig", "rejection-sampling fine-tuning", cmd_rft),
+        ("vstar", "VStarConfig", "V-STaR: STaR plus a DPO verifier for best-of-N", cmd_vstar),
+    ):
+        p = sub.add_parser(name, help=f"{help_text} (resumable: rerun the same command)")
+        p.add_argument("config", nargs="?", help=f"YAML file of {config} keys (optional)")
+        p.add_argument("--run-dir", required=True, help="run directory (config, samples, checkpoints, report)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"override a {config} key (repeatable)")
+        p.set_defaults(func=func)
 
     from reasonloop.graders.cli import add_grade_parser
 

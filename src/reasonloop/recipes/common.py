@@ -151,10 +151,51 @@ def start_run(cfg: Any, run_dir: str | Path) -> RunSetup:
     run = RunDir(run_dir)
     run.save_config(to_dict(cfg))
     seed_everything(cfg.seed)
-    task = get_task(cfg.task)
-    train = task.problems("train", cfg.n_train, seed=cfg.seed + 100)
-    test = task.problems("test", cfg.n_eval, seed=cfg.seed)
+    task, train, test = draw_problems(cfg)
     return RunSetup(run, task, train, test, {p.id: p for p in train}, resolve_model(cfg.model))
+
+
+def draw_problems(cfg: Any) -> tuple[Task, list[Problem], list[Problem]]:
+    """The task, its `n_train` train-split problems and `n_eval` held-out problems, drawn from `cfg.seed`."""
+    task = get_task(cfg.task)
+    return (
+        task,
+        task.problems("train", cfg.n_train, seed=cfg.seed + 100),
+        task.problems("test", cfg.n_eval, seed=cfg.seed),
+    )
+
+
+def save_line_plot(
+    path: Path,
+    xs: list[float],
+    series: dict[str, list[float]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    hlines: dict[str, float] | None = None,
+) -> None:
+    """A small PNG line plot of one or more series (and dashed reference lines) for a report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for (label, ys), marker in zip(series.items(), "os^v"):
+        ax.plot(xs, ys, marker=marker, label=label)
+    for label, y in (hlines or {}).items():
+        ax.axhline(y, color="gray", linestyle="--", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.set_xticks(xs)
+    if len(series) + len(hlines or {}) > 1:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def finetune_and_save(

@@ -33,7 +33,15 @@ from typing import Any
 from reasonloop.core import RunDir, atomic_write_text
 from reasonloop.engine import HFEngine
 from reasonloop.models import load_model, save_model
-from reasonloop.recipes.common import BarFactory, finetune_and_save, greedy_accuracy, no_bar, sample_to_file, start_run
+from reasonloop.recipes.common import (
+    BarFactory,
+    finetune_and_save,
+    greedy_accuracy,
+    no_bar,
+    sample_to_file,
+    save_line_plot,
+    start_run,
+)
 
 
 @dataclass(frozen=True)
@@ -152,23 +160,12 @@ def _patience_exhausted(base_acc: float, rounds: list[dict], patience: int) -> b
 
 def write_report(run: RunDir, cfg: StarConfig, state: dict) -> None:
     """report.md with the per-round table, and plots/accuracy_per_round.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rounds = state["rounds"]
     accs = [state["base_accuracy"]] + [r["held_out_accuracy"] for r in rounds]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(range(len(accs)), [100 * a for a in accs], marker="o")
-    ax.set_xlabel("round (0 = base)")
-    ax.set_ylabel("held-out greedy accuracy (%)")
-    ax.set_title(f"STaR on {cfg.task}")
-    ax.set_xticks(range(len(accs)))
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(run.path / "plots" / "accuracy_per_round.png", dpi=120)
-    plt.close(fig)
+    save_line_plot(
+        run.path / "plots" / "accuracy_per_round.png", list(range(len(accs))), {"held-out": [100 * a for a in accs]},
+        xlabel="round (0 = base)", ylabel="held-out greedy accuracy (%)", title=f"STaR on {cfg.task}",
+    )  # fmt: skip
     lines = [
         f"# STaR on `{cfg.task}`",
         "",

@@ -21,10 +21,9 @@ from reasonloop.core import RunDir, Sample, atomic_write_json, atomic_write_text
 from reasonloop.engine import HFEngine
 from reasonloop.eval.metrics import majority_correct
 from reasonloop.models import resolve_model
-from reasonloop.recipes.common import BarFactory, greedy_accuracy, no_bar, sample_to_file
+from reasonloop.recipes.common import BarFactory, draw_problems, greedy_accuracy, no_bar, sample_to_file, save_line_plot
 from reasonloop.recipes.star import StarConfig, run_star
 from reasonloop.search import best_of_n
-from reasonloop.tasks import get_task
 from reasonloop.verifiers import DpoVerifier, DpoVerifierConfig, preference_pairs, train_dpo_verifier
 
 
@@ -50,9 +49,7 @@ def run_vstar(cfg: VStarConfig, run_dir: str | Path, bar: BarFactory = no_bar, l
     run.save_config(to_dict(cfg))
     star_dir = run.path / "star"
     star = run_star(_star_part(cfg), star_dir, bar=bar, log=log)
-    task = get_task(cfg.task)
-    train_problems = task.problems("train", cfg.n_train, seed=cfg.seed + 100)
-    test_problems = task.problems("test", cfg.n_eval, seed=cfg.seed)
+    task, train_problems, test_problems = draw_problems(cfg)
     generator = (
         resolve_model(cfg.model) if not star["rounds"] else star_dir / "checkpoints" / f"round{len(star['rounds'])}"
     )
@@ -111,25 +108,16 @@ def run_vstar(cfg: VStarConfig, run_dir: str | Path, bar: BarFactory = no_bar, l
 
 
 def _report(run: RunDir, cfg: VStarConfig, res: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     N = cfg.best_of
-    ns = list(range(1, N + 1))
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(ns, [100 * a for a in res["curves"]["verifier_best_of_n"]], marker="o", label="verifier best-of-n")
-    ax.plot(ns, [100 * a for a in res["curves"]["majority_vote"]], marker="s", label="majority vote")
-    ax.axhline(100 * res["greedy_accuracy"], color="gray", linestyle="--", label="greedy")
-    ax.set_xlabel("samples per problem (n)")
-    ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title(f"V-STaR on {cfg.task}")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(run.path / "plots" / "accuracy_vs_n.png", dpi=120)
-    plt.close(fig)
+    save_line_plot(
+        run.path / "plots" / "accuracy_vs_n.png", list(range(1, N + 1)),
+        {
+            "verifier best-of-n": [100 * a for a in res["curves"]["verifier_best_of_n"]],
+            "majority vote": [100 * a for a in res["curves"]["majority_vote"]],
+        },
+        xlabel="samples per problem (n)", ylabel="held-out accuracy (%)", title=f"V-STaR on {cfg.task}",
+        hlines={"greedy": 100 * res["greedy_accuracy"]},
+    )  # fmt: skip
     lines = [
         f"# V-STaR on `{cfg.task}`",
         "",
