@@ -10,7 +10,14 @@ Each depth, every live beam is expanded `expansions` times; the `beam_width`
 best candidates (by score) survive. A candidate that ends its solution is set
 aside; the search stops when `beam_width` solutions are finished or at
 `max_depth`, and returns the best-scoring finished solution (or, if none
-finished, the best partial one). `lookahead` is left to a later version.
+finished, the best partial one).
+
+With `lookahead=k > 0` (Snell et al. 2024, section 5), an unfinished candidate is
+ranked by the verifier value of its continuation `k` steps ahead, one sample per
+step (`expand(..., 1)`), stopping early where the continuation finishes; the beam
+keeps the candidate itself, not the rolled-out path, and the rollouts' tokens count
+as generator tokens. Snell et al. roll out at temperature 0; here the rollout
+samples with the same `expand` as the search, so pass a greedy one for their setting.
 """
 
 from __future__ import annotations
@@ -33,7 +40,13 @@ class BeamResult:
 
 
 def beam_search(
-    expand: Expand, score: Score, *, beam_width: int = 4, expansions: int = 4, max_depth: int = 16
+    expand: Expand,
+    score: Score,
+    *,
+    beam_width: int = 4,
+    expansions: int = 4,
+    max_depth: int = 16,
+    lookahead: int = 0,
 ) -> BeamResult:
     """Search for the best-scoring solution; see the module docstring.
 
@@ -45,9 +58,11 @@ def beam_search(
     ['a', 'a1']
     >>> beam_search(expand, score, beam_width=2).steps
     ['b', 'b1']
+    >>> beam_search(expand, score, beam_width=1, lookahead=1).steps   # 'a' is ranked by a1 (0.2), 'b' by b1 (0.8)
+    ['b', 'b1']
     """
-    if beam_width < 1 or expansions < 1:
-        raise ValueError("beam_width and expansions must be at least 1")
+    if beam_width < 1 or expansions < 1 or lookahead < 0:
+        raise ValueError("beam_width and expansions must be at least 1, lookahead at least 0")
     beams: list[list[str]] = [[]]
     finished: list[tuple[list[str], float]] = []
     tokens = calls = 0
@@ -66,7 +81,11 @@ def beam_search(
                     candidates.append((path, final))
         if not candidates:
             break
-        values = score([p for p, _ in candidates])
+        scored = [p for p, _ in candidates]
+        if lookahead:
+            scored, spent = _roll_forward(expand, candidates, lookahead)
+            tokens += spent
+        values = score(scored)
         calls += len(candidates)
         ranked = sorted(zip(candidates, values), key=lambda cv: -cv[1])  # stable: ties keep generation order
         beams = []
@@ -85,6 +104,33 @@ def beam_search(
         steps, value = max(finished, key=lambda pv: pv[1])
         return BeamResult(steps, value, True, finished, tokens, calls)
     return BeamResult(best_partial[0], best_partial[1], False, finished, tokens, calls)
+
+
+def _roll_forward(expand: Expand, paths: list[tuple[list[str], bool]], steps: int) -> tuple[list[list[str]], int]:
+    """Extend each unfinished `(path, finished)` by up to `steps` steps of `expand(..., 1)`; the paths and tokens spent.
+
+    A continuation stops early where a step is final or `expand` offers none.
+
+    >>> expand = lambda ps, k: [[(f"s{len(p)}", len(p) == 2, 3)] for p in ps]
+    >>> _roll_forward(expand, [(["x"], False), (["y"], True)], 5)
+    ([['x', 's1', 's2'], ['y']], 6)
+    """
+    out = [list(p) for p, _ in paths]
+    live = [i for i, (_, finished) in enumerate(paths) if not finished]
+    tokens = 0
+    for _ in range(steps):
+        if not live:
+            break
+        still = []
+        for i, options in zip(live, expand([out[i] for i in live], 1)):
+            tokens += sum(spent for _, _, spent in options)
+            if options:
+                step, final, _ = options[0]
+                out[i].append(step)
+                if not final:
+                    still.append(i)
+        live = still
+    return out, tokens
 
 
 def generator_expand(
