@@ -4,6 +4,8 @@ This checks that training optimises the DPO objective. Whether the verifier gene
 a benchmark question on the nano model: a 32-wide model trained on 24 pairs is at chance (54/100) on them.
 """
 
+import pytest
+
 from reasonloop.core import Problem, Sample
 from reasonloop.tasks import ArithTask
 from reasonloop.verifiers import DpoVerifier, DpoVerifierConfig, preference_pairs, train_dpo_verifier
@@ -50,6 +52,16 @@ def test_dpo_verifier_ranks_correct_above_incorrect(tmp_path, solver_tiny_dir):
     steps = task.steps(p.meta["solution"])
     per_step = verifier.score_steps(p, steps)
     assert len(per_step) == len(steps) and abs(per_step[-1] - verifier.score(p, steps)) < 1e-4
+    # the worst step holds the corrupted operation; per-step sums add up to the total
+    worst = DpoVerifier.from_dirs(out, solver_tiny_dir, aggregate="min_step")
+    bad_steps = task.steps(corrupt(p.meta["solution"]))
+    text = "\n".join(bad_steps)
+    ratios = worst.token_ratios([p.prompt], [text])[0]
+    by_step = worst.step_ratios(text, ratios)
+    assert len(by_step) == len(bad_steps) and abs(sum(by_step) - sum(ratios)) < 1e-4
+    assert worst.score(p, bad_steps) == min(by_step)
+    with pytest.raises(ValueError, match="unknown aggregate"):
+        DpoVerifier.from_dirs(out, solver_tiny_dir, aggregate="max")
     # the untrained policy is its own reference: every score is zero
     same = DpoVerifier.from_dirs(solver_tiny_dir, solver_tiny_dir)
     assert abs(same.score(p, steps)) < 1e-5

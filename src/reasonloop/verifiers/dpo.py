@@ -11,8 +11,9 @@ correct solutions". Best-of-N picks the highest-scoring sample.
 
 Departure from the paper: the scored text is the solution without the
 end-of-sequence token (training pairs include it, so the model learns to stop);
-`score_steps` scores each step prefix separately, which for a step-delimited
-solution gives the cumulative reward after each step.
+`score_steps` gives the cumulative reward after each step (the causal model
+scores every prefix in one pass); `aggregate` selects how a solution's token
+log-ratios become one score (the paper's sum, a per-token mean, or the worst step).
 """
 
 from __future__ import annotations
@@ -112,25 +113,56 @@ def train_dpo_verifier(
     return save_model(policy, tokenizer, final)
 
 
-class DpoVerifier:
-    """Scores solutions by log pi(y|x) - log pi_ref(y|x); implements `score` and `score_steps`."""
+AGGREGATES = ("sum", "mean", "min_step")
 
-    def __init__(self, policy: HFEngine, reference: HFEngine, step_delimiter: str = "\n"):
-        self.policy, self.reference, self.delimiter = policy, reference, step_delimiter
+
+class DpoVerifier:
+    """Scores solutions by log pi(y|x) - log pi_ref(y|x); implements `score` and `score_steps`.
+
+    `aggregate` turns the per-token log-ratios into one score: `sum` (the paper's
+    sequence log-ratio), `mean` (per token, against a length bias) or `min_step`
+    (the worst step's summed log-ratio: one bad step sinks the solution).
+    """
+
+    def __init__(self, policy: HFEngine, reference: HFEngine, step_delimiter: str = "\n", aggregate: str = "sum"):
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"unknown aggregate {aggregate!r}; expected one of {', '.join(AGGREGATES)}")
+        self.policy, self.reference, self.delimiter, self.aggregate = policy, reference, step_delimiter, aggregate
 
     @classmethod
     def from_dirs(cls, policy_dir: str | Path, reference_dir: str | Path, **kw) -> DpoVerifier:
         return cls(HFEngine.from_pretrained(policy_dir), HFEngine.from_pretrained(reference_dir), **kw)
 
-    def score_completions(self, prompts: list[str], completions: list[str]) -> list[float]:
+    def token_ratios(self, prompts: list[str], completions: list[str]) -> list[list[float]]:
+        """Per-token log pi(y_t|...) - log pi_ref(y_t|...) of each completion."""
         pol = self.policy.logprobs(prompts, completions)
         ref = self.reference.logprobs(prompts, completions)
-        return [sum(a) - sum(b) for a, b in zip(pol, ref)]
+        return [[a - b for a, b in zip(x, y)] for x, y in zip(pol, ref)]
+
+    def step_ratios(self, completion: str, ratios: list[float]) -> list[float]:
+        """Summed log-ratio of each step (a delimiter token counts to the step it ends)."""
+        enc = self.policy.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
+        steps = [0.0] * (completion.count(self.delimiter) + 1)
+        for (start, _), r in zip(enc["offset_mapping"], ratios):
+            steps[completion.count(self.delimiter, 0, start)] += r
+        return steps
+
+    def score_completions(self, prompts: list[str], completions: list[str]) -> list[float]:
+        out = []
+        for text, r in zip(completions, self.token_ratios(prompts, completions)):
+            if self.aggregate == "sum":
+                out.append(sum(r))
+            elif self.aggregate == "mean":
+                out.append(sum(r) / max(1, len(r)))
+            else:
+                out.append(min(self.step_ratios(text, r)))
+        return out
 
     def score(self, problem: Problem, steps: list[str]) -> float:
         return self.score_completions([problem.prompt], [join_steps(steps, self.delimiter)])[0]
 
     def score_steps(self, problem: Problem, steps: list[str]) -> list[float]:
-        """Cumulative log-ratio after each step (each step prefix scored on its own)."""
-        prefixes = [join_steps(steps[: i + 1], self.delimiter) for i in range(len(steps))]
-        return self.score_completions([problem.prompt] * len(prefixes), prefixes)
+        """Cumulative log-ratio after each step, from one pass over the whole solution."""
+        text = join_steps(steps, self.delimiter)
+        per_step = self.step_ratios(text, self.token_ratios([problem.prompt], [text])[0])
+        return [sum(per_step[: i + 1]) for i in range(len(steps))]
