@@ -6,7 +6,8 @@ Training data, as in STaR's setting of a large "pretraining" corpus plus a small
 seed set P of worked rationales:
 
 (a) single arithmetic operations of the world, ``37+45=82``, packed many to a row;
-(b) a few hundred worked multi-step solutions of *train*-split problems.
+(b) a few hundred worked multi-step solutions of *train*-split problems, a quarter of them shown
+    with the answer as a hint (the prompt STaR's rationalisation uses).
 
 The base must be imperfect on purpose (greedy accuracy 20-50%, pass@16 at least
 twice that) so that self-improvement and verifiers have room to work. Small
@@ -58,6 +59,7 @@ class NanoConfig:
     n_seed_solutions: int = 400  # size of the seed set P of worked solutions
     seed_max_ops: int = 4  # the seed set only holds chains this short
     seed_fraction: float = 0.5  # share of training documents that are worked solutions
+    hint_fraction: float = 0.25  # share of worked solutions shown with the answer as a hint (for rationalisation)
     facts_per_doc: int = 8  # operations per "pretraining" document
     target_accuracy: float = 0.3  # stop once validation greedy accuracy reaches this (1.0: never)
     eval_every: int = 20  # steps between validation checks (5 once past half the target)
@@ -106,11 +108,16 @@ def build_model(cfg: NanoConfig, tokenizer):
     return LlamaForCausalLM(config)
 
 
-def seed_set(task: ArithTask, cfg: NanoConfig) -> list[tuple[str, str]]:
-    """STaR's small seed set P: (prompt, worked solution) for short train-split chains."""
+def seed_set(task: ArithTask, cfg: NanoConfig, hinted: bool = False) -> list[tuple[str, str]]:
+    """STaR's small seed set P: (prompt, worked solution) for short train-split chains.
+
+    With `hinted`, the prompts are the hint prompts (the answer given), as the
+    rationalisation step of STaR will ask: seeing a few such documents is what
+    lets the base use a hint at all.
+    """
     short = ArithTask(ArithConfig(**{**task.config.__dict__, "max_ops": min(cfg.seed_max_ops, task.config.max_ops)}))
     problems = short.problems("train", cfg.n_seed_solutions, seed=cfg.seed + 1)
-    return [(p.prompt, p.meta["solution"]) for p in problems]
+    return [(p.meta["hint_prompt"] if hinted else p.prompt, p.meta["solution"]) for p in problems]
 
 
 class _Docs:
@@ -121,6 +128,7 @@ class _Docs:
         self.cfg = cfg
         self.eos = tokenizer.eos_token_id
         self.solutions = [tokenizer(p + s)["input_ids"] + [self.eos] for p, s in seed_set(task, cfg)]
+        self.hinted = [tokenizer(p + s)["input_ids"] + [self.eos] for p, s in seed_set(task, cfg, hinted=True)]
         self.tokenizer = tokenizer
         self.task = task
         self._facts: list[str] = []
@@ -134,7 +142,8 @@ class _Docs:
 
     def next(self) -> list[int]:
         if self.rng.random() < self.cfg.seed_fraction:
-            return self.rng.choice(self.solutions)
+            hint = self.cfg.hint_fraction > 0 and self.rng.random() < self.cfg.hint_fraction
+            return self.rng.choice(self.hinted if hint else self.solutions)
         text = "\n".join(self._fact() for _ in range(self.cfg.facts_per_doc))
         return self.tokenizer(text)["input_ids"] + [self.eos]
 
