@@ -214,9 +214,42 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Build the nano base if needed, then evaluate it on held-out arith problems."""
-    args.out, args.config, args.set, args.force = str(NANO_DIR), None, [], False
-    return cmd_init(args)
+    """The whole story: nano base (built if needed), STaR rounds, the V-STaR verifier, vote vs best-of-N."""
+    from rich.table import Table
+
+    from reasonloop.core import set_threads
+    from reasonloop.recipes import demo_config, run_demo
+
+    cfg = demo_config(args.config, args.set)
+    set_threads(args.threads)
+    t0 = time.perf_counter()
+    if cfg.model == "nano" and not (NANO_DIR / "config.json").exists():
+        init = argparse.Namespace(
+            out=str(NANO_DIR), config=None, set=[], force=False, eval_problems=0, threads=args.threads
+        )
+        cmd_init(init)
+    con = _console()
+    res = run_demo(args.run_dir, cfg, bar=progress_bar, log=con.print)
+    N = cfg.best_of
+    table = Table(title=f"held-out arith ({cfg.n_eval} problems)")
+    table.add_column("n")
+    table.add_column("majority vote", justify="right")
+    table.add_column("verifier best-of-n", justify="right")
+    for n in sorted({1, 2, 4, 8, N}):
+        if n <= N:
+            vote, best = res["curves"]["majority_vote"][n - 1], res["curves"]["verifier_best_of_n"][n - 1]
+            table.add_row(str(n), f"{100 * vote:.1f}%", f"{100 * best:.1f}%")
+    con.print(table)
+    rounds = " -> ".join(
+        f"{100 * a:.1f}%" for a in [res["base_accuracy"]] + [r["held_out_accuracy"] for r in res["star_rounds"]]
+    )
+    con.print(f"STaR greedy accuracy by round: {rounds}")
+    con.print(
+        f"greedy {100 * res['greedy_accuracy']:.1f}% | majority vote@{N} {100 * res[f'maj@{N}']:.1f}% | "
+        f"verifier best-of-{N} {100 * res[f'verifier_best_of_{N}']:.1f}%"
+    )
+    con.print(f"demo finished in {time.perf_counter() - t0:.0f}s; report at {Path(args.run_dir) / 'report.md'}")
+    return 0
 
 
 def _judge_engine(path: str):
@@ -312,9 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="eval.json", help="where to write the JSON results (default: eval.json)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", help="the whole story on the built-in nano model and arith world")
-    p.add_argument("--eval-problems", type=int, default=200, help="held-out problems to evaluate on")
-    p.add_argument("--max-batch", type=int, default=256, help=argparse.SUPPRESS)
+    p = sub.add_parser("demo", help="the whole story on the nano model: base, STaR, verifier, vote vs best-of-N")
+    p.add_argument("config", nargs="?", help="YAML file of VStarConfig keys over the demo's defaults (optional)")
+    p.add_argument("--run-dir", default="runs/demo", help="run directory (default: runs/demo); rerun to resume")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a VStarConfig key (repeatable)")
     p.set_defaults(func=cmd_demo)
 
     for name, config, help_text, func in (

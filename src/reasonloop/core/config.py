@@ -95,9 +95,14 @@ def read_yaml(path: str | os.PathLike, what: str = "file") -> dict[str, Any]:
     return loaded or {}
 
 
-def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> T:
-    """Load `cls` from a YAML file (optional) and `key=value` overrides (command line)."""
-    data: dict[str, Any] = {}
+def load_config(
+    cls: type[T],
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> T:
+    """Load `cls` from `defaults`, then a YAML file (optional), then `key=value` overrides (command line)."""
+    data: dict[str, Any] = dict(defaults or {})
     source = "config"
     if path is not None:
         data.update(read_yaml(path, "config file"))

@@ -5,10 +5,16 @@ correct and incorrect samples; best-of-N with the verifier at inference. Resumab
 
 1. run STaR (`RUN/star`); every round's graded samples, right and wrong, are kept;
 2. build (correct, incorrect) pairs per problem from the union of all rounds;
-3. train the DPO verifier from the base model, which is also its reference (`RUN/verifier`);
+3. train the DPO verifier (`RUN/verifier`) from the final generator, which is also its
+   reference (`verifier_init: generator`, the default), or from the base as in the paper
+   (`verifier_init: base`);
 4. on held-out problems, sample N solutions from the final generator and compare
    greedy accuracy, majority vote over the first n samples and verifier
    best-of-n, for n = 1..N.
+
+Departure from the paper: the verifier starts from the final generator by default.
+On the nano model this separates correct from incorrect held-out samples better
+(AUROC 0.86 against 0.78 from the base; see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from typing import Any
 from reasonloop.core import RunDir, Sample, atomic_write_json, atomic_write_text, read_jsonl, to_dict
 from reasonloop.engine import HFEngine
 from reasonloop.eval.metrics import majority_correct
+from reasonloop.eval.verifier_metrics import auroc
 from reasonloop.models import resolve_model
 from reasonloop.recipes.common import BarFactory, draw_problems, greedy_accuracy, no_bar, sample_to_file, save_line_plot
 from reasonloop.recipes.star import StarConfig, run_star
 from reasonloop.search import best_of_n
 from reasonloop.verifiers import DpoVerifier, DpoVerifierConfig, preference_pairs, train_dpo_verifier
+from reasonloop.verifiers.dpo import AGGREGATES
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,18 @@ class VStarConfig(StarConfig):
     verifier_lr: float = 5e-4  # verifier learning rate
     verifier_batch_size: int = 16  # pairs per optimiser step
     pairs_per_problem: int = 4  # (correct, incorrect) pairs per problem
+    verifier_init: str = "generator"  # start the verifier (and its reference) from "generator" or "base"
+    verifier_aggregate: str = "sum"  # token log-ratios to a score: sum (paper), mean, or min_step
     best_of: int = 16  # N: samples per held-out problem for vote and best-of-N
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.verifier_init not in ("generator", "base"):
+            raise ValueError(f"verifier_init must be 'generator' or 'base', not {self.verifier_init!r}")
+        if self.verifier_aggregate not in AGGREGATES:
+            raise ValueError(
+                f"verifier_aggregate must be one of {', '.join(AGGREGATES)}, not {self.verifier_aggregate!r}"
+            )
 
 
 def _star_part(cfg: VStarConfig) -> StarConfig:
@@ -68,8 +87,11 @@ def run_vstar(cfg: VStarConfig, run_dir: str | Path, bar: BarFactory = no_bar, l
         lr=cfg.verifier_lr,
         seed=cfg.seed,
     )
-    verifier_dir = train_dpo_verifier(resolve_model(cfg.model), pairs, run.path / "verifier", vcfg)
-    verifier = DpoVerifier(HFEngine.from_pretrained(verifier_dir), HFEngine.from_pretrained(resolve_model(cfg.model)))
+    start = generator if cfg.verifier_init == "generator" else resolve_model(cfg.model)
+    verifier_dir = train_dpo_verifier(start, pairs, run.path / "verifier", vcfg)
+    verifier = DpoVerifier(
+        HFEngine.from_pretrained(verifier_dir), HFEngine.from_pretrained(start), aggregate=cfg.verifier_aggregate
+    )
 
     engine = HFEngine.from_pretrained(generator, max_batch=cfg.max_batch)
     held = sample_to_file(
@@ -95,6 +117,7 @@ def run_vstar(cfg: VStarConfig, run_dir: str | Path, bar: BarFactory = no_bar, l
         f"maj@{N}": curves["majority_vote"][-1],
         f"verifier_best_of_{N}": curves["verifier_best_of_n"][-1],
         "curves": curves,
+        "verifier_auroc": _auroc_or_none(scores, [s.reward == 1.0 for s in held]),
         "pairs": len(pairs),
         "star_rounds": star["rounds"],
     }
@@ -105,6 +128,11 @@ def run_vstar(cfg: VStarConfig, run_dir: str | Path, bar: BarFactory = no_bar, l
         f"verifier best-of-{N} {100 * result[f'verifier_best_of_{N}']:.1f}%"
     )
     return result
+
+
+def _auroc_or_none(scores: list[float], labels: list[bool]) -> float | None:
+    """AUROC of the verifier on the held-out samples; None when they are all right or all wrong."""
+    return auroc(scores, labels) if 0 < sum(labels) < len(labels) else None
 
 
 def _report(run: RunDir, cfg: VStarConfig, res: dict[str, Any]) -> None:
@@ -118,11 +146,29 @@ def _report(run: RunDir, cfg: VStarConfig, res: dict[str, Any]) -> None:
         xlabel="samples per problem (n)", ylabel="held-out accuracy (%)", title=f"V-STaR on {cfg.task}",
         hlines={"greedy": 100 * res["greedy_accuracy"]},
     )  # fmt: skip
+    auc = res["verifier_auroc"]
     lines = [
         f"# V-STaR on `{cfg.task}`",
         "",
-        f"Generator: STaR, {len(res['star_rounds'])} rounds (see `star/report.md`). Verifier: DPO on {res['pairs']} "
-        f"(correct, incorrect) pairs from all rounds, beta {cfg.verifier_beta}, from the base model.",
+        f"Generator: STaR, {len(res['star_rounds'])} rounds (details in `star/report.md`). Verifier: DPO on "
+        f"{res['pairs']} (correct, incorrect) pairs from all rounds, beta {cfg.verifier_beta}, from the "
+        f"{'final generator' if cfg.verifier_init == 'generator' else 'base model'}; score: {cfg.verifier_aggregate} "
+        "of the token log-ratios.",
+        "",
+        "## STaR rounds",
+        "",
+        "| round | held-out greedy accuracy | rationales from sampling | from rationalisation |",
+        "|---|---|---|---|",
+        f"| 0 (base) | {100 * res['base_accuracy']:.1f}% | | |",
+        *(
+            f"| {r['round']} | {100 * r['held_out_accuracy']:.1f}% | {r['rationales_plain']} | "
+            f"{r['rationales_rationalized']} |"
+            for r in res["star_rounds"]
+        ),
+        "",
+        "![accuracy per round](star/plots/accuracy_per_round.png)",
+        "",
+        f"## Held-out selection ({N} samples per problem, temperature {cfg.temperature})",
         "",
         "| method | held-out accuracy |",
         "|---|---|",
@@ -130,6 +176,8 @@ def _report(run: RunDir, cfg: VStarConfig, res: dict[str, Any]) -> None:
         f"| after STaR, greedy | {100 * res['greedy_accuracy']:.1f}% |",
         f"| majority vote over {N} samples | {100 * res[f'maj@{N}']:.1f}% |",
         f"| verifier best-of-{N} | {100 * res[f'verifier_best_of_{N}']:.1f}% |",
+        "",
+        f"Verifier AUROC on the held-out samples (correct vs incorrect): {'n/a' if auc is None else f'{auc:.3f}'}.",
         "",
         "![accuracy vs n](plots/accuracy_vs_n.png)",
         "",
