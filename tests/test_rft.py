@@ -54,3 +54,14 @@ def test_rft_cli(tmp_path, solver_tiny_dir, capsys):
     args += ["--set", "k=2", "--set", "max_new_tokens=24", "--set", "epochs=1", "--set", "batch_size=4"]
     assert main(args) == 0
     assert "RFT (k=2, dedup=on)" in capsys.readouterr().err
+
+
+def test_rft_steps_fixes_the_training_compute(tmp_path, solver_tiny_dir):
+    import torch
+
+    cfg = RftConfig(model=str(solver_tiny_dir), n_train=8, n_eval=4, k=2, max_new_tokens=24, batch_size=4, steps=3)
+    run_rft(cfg, tmp_path / "run", log=lambda s: None)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "train" / "last" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 3
+    with pytest.raises(ValueError, match="steps"):
+        RftConfig(steps=-1)

@@ -209,12 +209,14 @@ def finetune_and_save(
     lr: float,
     seed: int,
     bar: BarFactory = no_bar,
+    steps: int = 0,
 ) -> None:
-    """Fine-tune the model in `start` on `pairs` for `epochs` and save it to `ckpt` (skipped if it exists)."""
+    """Fine-tune the model in `start` on `pairs` for `epochs` (or exactly `steps` optimiser steps when above 0)
+    and save it to `ckpt` (skipped if it exists)."""
     if (ckpt / "config.json").exists():
         return
     model, tokenizer = load_model(start)
-    steps = max(1, math.ceil(epochs * len(pairs) / batch_size))
+    steps = steps if steps > 0 else max(1, math.ceil(epochs * len(pairs) / batch_size))
     cfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 20), save_every=max(1, steps // 5), seed=seed)
     finetune(model, tokenizer, pairs, cfg, batch_size, train_dir, seed, bar)
     save_model(model, tokenizer, ckpt)

@@ -44,14 +44,15 @@ class RftConfig:
     dedup: bool = True  # keep the most distinct correct paths (else the first ones, repeats included)
     max_paths: int = 4  # correct paths kept per problem
     epochs: float = 3.0  # passes over the kept paths
+    steps: int = 0  # if above 0, exactly this many optimiser steps instead of `epochs` (equal-compute comparisons)
     batch_size: int = 32  # sequences per optimiser step
     lr: float = 2e-3  # peak learning rate
     max_batch: int = 256  # engine rows in flight
     seed: int = 0  # problems, sampling and training derive from this
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.max_paths < 1:
-            raise ValueError("k and max_paths must be at least 1")
+        if self.k < 1 or self.max_paths < 1 or self.steps < 0:
+            raise ValueError("k and max_paths must be at least 1, steps at least 0")
 
 
 def most_distinct(paths: list[list[str]], limit: int) -> list[int]:
@@ -108,7 +109,7 @@ def run_rft(cfg: RftConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=p
         ckpt = run.checkpoint("final")
         finetune_and_save(
             source, pairs, ckpt, run.checkpoint("train"),
-            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, bar=bar,
+            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, bar=bar, steps=cfg.steps,
         )  # fmt: skip
         engine = HFEngine.from_pretrained(ckpt, max_batch=cfg.max_batch)
         state = run.update_state(
