@@ -41,12 +41,29 @@ class ValueHeadModel(nn.Module):
             return values
         return values.gather(1, positions)  # (B, K)
 
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
+    def save_pretrained(self, path: str | os.PathLike, **_: object) -> Path:
+        """Backbone and tokenizer as a Hugging Face directory, plus the head in `value_head.safetensors`.
+
+        Extra keyword arguments (`safe_serialization=...` from the training loop) are accepted and ignored:
+        everything is saved as safetensors.
+        """
         from safetensors.torch import save_file
 
         p = save_model(self.backbone, self.tokenizer, path)
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(p / HEAD_FILE))
+        save_file({f"head.{k}": v.contiguous() for k, v in self.head.state_dict().items()}, str(p / HEAD_FILE))
         return p
+
+    def load_saved_weights(self, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+        """Load tensors read from a saved directory (backbone keys, then `head.*`); (missing, unexpected) keys."""
+        head = {k[len("head.") :]: v for k, v in weights.items() if k.startswith("head.")}
+        missing, unexpected = self.backbone.load_state_dict(
+            {k: v for k, v in weights.items() if not k.startswith("head.")}, strict=False
+        )
+        if head:
+            self.head.load_state_dict(head)
+        else:
+            missing = list(missing) + ["head.weight"]
+        return list(missing), list(unexpected)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> ValueHeadModel:
@@ -57,5 +74,5 @@ class ValueHeadModel(nn.Module):
         model = cls(backbone, tokenizer)
         head_path = Path(path).expanduser() / HEAD_FILE
         if head_path.exists():
-            model.head.load_state_dict(load_file(str(head_path)))
+            model.head.load_state_dict({k.removeprefix("head."): v for k, v in load_file(str(head_path)).items()})
         return model

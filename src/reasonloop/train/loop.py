@@ -84,7 +84,9 @@ def _load_checkpoint(path: Path, model, opt) -> tuple[int, list[dict]]:
     weights: dict[str, torch.Tensor] = {}
     for f in sorted(path.glob("*.safetensors")):
         weights.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # a model with extra parts saved beside its backbone (a value head) says how to load them
+    load = getattr(model, "load_saved_weights", None)
+    missing, unexpected = load(weights) if load else model.load_state_dict(weights, strict=False)
     # tied embeddings are saved once; anything else missing means a different model
     missing = [k for k in missing if not k.endswith("lm_head.weight")]
     if missing or unexpected:

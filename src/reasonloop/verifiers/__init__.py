@@ -1,13 +1,42 @@
-"""Layer 4: verifiers, one interface: `score(problem, steps) -> float`, `score_steps(problem, steps) -> list[float]`."""
+"""Layer 4: verifiers, one interface: `score(problem, steps) -> float`, `score_steps(problem, steps) -> list[float]`.
+
+- `DpoVerifier`: V-STaR's DPO verifier (log-likelihood ratio to a reference);
+- `ValueVerifier`: a value head, trained as an ORM (`orm_examples`), a PRM with Monte-Carlo labels
+  (`mc_step_values`, `prm_examples`) or a Bradley-Terry reward model (`train_bt_verifier`);
+- `PavVerifier`: the process advantage verifier (value plus alpha times the prover's advantage).
+"""
 
 from reasonloop.verifiers.aggregate import STEP_AGGREGATES, aggregate_steps
 from reasonloop.verifiers.dpo import DpoVerifier, DpoVerifierConfig, preference_pairs, train_dpo_verifier
+from reasonloop.verifiers.pav import PavVerifier, best_of_k_values, pav_examples, step_advantages
+from reasonloop.verifiers.value import (
+    StepExample,
+    ValueVerifier,
+    ValueVerifierConfig,
+    mc_step_values,
+    orm_examples,
+    prm_examples,
+    train_bt_verifier,
+    train_value_verifier,
+)
 
 __all__ = [
     "STEP_AGGREGATES",
     "DpoVerifier",
     "DpoVerifierConfig",
+    "PavVerifier",
+    "StepExample",
+    "ValueVerifier",
+    "ValueVerifierConfig",
     "aggregate_steps",
+    "best_of_k_values",
+    "mc_step_values",
+    "orm_examples",
+    "pav_examples",
     "preference_pairs",
+    "prm_examples",
+    "step_advantages",
+    "train_bt_verifier",
     "train_dpo_verifier",
+    "train_value_verifier",
 ]
