@@ -1,4 +1,4 @@
-"""The `reasonloop` command: init, sample, eval, demo, grade, star, rft, vstar.
+"""The `reasonloop` command: init, sample, eval, demo, grade, star, rft, vstar, verifiers, search, scale.
 
 Errors caused by input (unknown task, missing model path, bad config key,
 malformed JSONL) print one line, ``error: ...``, and exit with status 2.
@@ -266,22 +266,25 @@ def _recipe_config(args: argparse.Namespace, cls):
     return load_config(cls, args.config, args.set)
 
 
-def cmd_rft(args: argparse.Namespace) -> int:
-    """RFT; rerun the same command to resume."""
-    from reasonloop.recipes import RftConfig, run_rft
+def _report_recipe(config_name: str, run_name: str):
+    """A command that loads the recipe's config, runs it with progress bars and points at its report."""
 
-    run_rft(_recipe_config(args, RftConfig), args.run_dir, bar=progress_bar, log=_console().print)
-    _console().print(f"report at {Path(args.run_dir) / 'report.md'}")
-    return 0
+    def command(args: argparse.Namespace) -> int:
+        import reasonloop.recipes as recipes
+
+        run = getattr(recipes, run_name)
+        run(_recipe_config(args, getattr(recipes, config_name)), args.run_dir, bar=progress_bar, log=_console().print)
+        _console().print(f"report at {Path(args.run_dir) / 'report.md'}")
+        return 0
+
+    command.__doc__ = f"`{run_name}`; rerun the same command to resume."
+    return command
 
 
-def cmd_vstar(args: argparse.Namespace) -> int:
-    """V-STaR; rerun the same command to resume."""
-    from reasonloop.recipes import VStarConfig, run_vstar
-
-    run_vstar(_recipe_config(args, VStarConfig), args.run_dir, bar=progress_bar, log=_console().print)
-    _console().print(f"report at {Path(args.run_dir) / 'report.md'}")
-    return 0
+cmd_rft = _report_recipe("RftConfig", "run_rft")
+cmd_vstar = _report_recipe("VStarConfig", "run_vstar")
+cmd_verifiers = _report_recipe("VerifiersConfig", "run_verifiers")
+cmd_scale = _report_recipe("ScaleConfig", "run_scale")
 
 
 def cmd_star(args: argparse.Namespace) -> int:
@@ -292,6 +295,20 @@ def cmd_star(args: argparse.Namespace) -> int:
     _console().print(
         f"STaR: held-out greedy accuracy {100 * res['base_accuracy']:.1f}% -> {100 * res['final_accuracy']:.1f}% "
         f"(best {100 * res['best_accuracy']:.1f}%); report at {Path(args.run_dir) / 'report.md'}"
+    )
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """One strategy at one budget on held-out problems; rerun to resume."""
+    from reasonloop.recipes.scale import SearchConfig, run_scale
+
+    cfg = _recipe_config(args, SearchConfig)
+    (cell,) = run_scale(cfg.as_scale(), args.run_dir, bar=progress_bar, log=lambda s: None)["cells"]
+    _console().print(
+        f"{cfg.strategy} (N={cfg.budget}) on {cfg.n_eval} held-out {cfg.task} problems: accuracy "
+        f"{100 * cell['accuracy']:.1f}%, {cell['generator_tokens']:.0f} generator and {cell['verifier_tokens']:.0f} "
+        f"verifier tokens per problem; answers in {Path(args.run_dir) / 'samples'}"
     )
     return 0
 
@@ -355,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("star", "StarConfig", "STaR self-improvement", cmd_star),
         ("rft", "RftConfig", "rejection-sampling fine-tuning", cmd_rft),
         ("vstar", "VStarConfig", "V-STaR: STaR plus a DPO verifier for best-of-N", cmd_vstar),
+        (
+            "verifiers",
+            "VerifiersConfig",
+            "train ORM, PRM, PAV, Bradley-Terry and DPO verifiers and compare them",
+            cmd_verifiers,
+        ),
+        ("search", "SearchConfig", "answer held-out problems with one search strategy and verifier", cmd_search),
+        ("scale", "ScaleConfig", "strategies x budgets x seeds: accuracy against tokens spent", cmd_scale),
     ):
         p = sub.add_parser(name, help=f"{help_text} (resumable: rerun the same command)")
         p.add_argument("config", nargs="?", help=f"YAML file of {config} keys (optional)")

@@ -2,17 +2,24 @@
 
 from reasonloop.recipes.demo import DEMO_DEFAULTS, demo_config, run_demo
 from reasonloop.recipes.rft import RftConfig, run_rft
+from reasonloop.recipes.scale import ScaleConfig, SearchConfig, run_scale
 from reasonloop.recipes.star import StarConfig, run_star
+from reasonloop.recipes.verifiers import VerifiersConfig, run_verifiers
 from reasonloop.recipes.vstar import VStarConfig, run_vstar
 
 __all__ = [
     "DEMO_DEFAULTS",
     "RftConfig",
+    "ScaleConfig",
+    "SearchConfig",
+    "VerifiersConfig",
     "StarConfig",
     "VStarConfig",
     "demo_config",
     "run_demo",
     "run_rft",
+    "run_scale",
+    "run_verifiers",
     "run_star",
     "run_vstar",
 ]

@@ -161,6 +161,23 @@ class DpoVerifier:
     def score(self, problem: Problem, steps: list[str]) -> float:
         return self.score_completions([problem.prompt], [join_steps(steps, self.delimiter)])[0]
 
+    def score_many(self, prompts: list[str], solutions: list[list[str]]) -> list[float]:
+        return self.score_completions(prompts, [join_steps(s, self.delimiter) for s in solutions])
+
+    def step_scores_many(self, prompts: list[str], solutions: list[list[str]]) -> list[list[float]]:
+        """Each step's summed token log-ratio, for many solutions."""
+        texts = [join_steps(s, self.delimiter) for s in solutions]
+        return [self.step_ratios(t, r) for t, r in zip(texts, self.token_ratios(prompts, texts))]
+
+    def score_prefixes(self, prompts: list[str], prefixes: list[list[str]]) -> list[float]:
+        """The score of each partial solution as it stands (the implicit reward accumulated so far)."""
+        return self.score_many(prompts, prefixes)
+
+    @property
+    def tokens_scored(self) -> int:
+        """Tokens the policy and the reference read (each counts: two forward passes)."""
+        return sum(e.counts.scored + e.counts.prefilled for e in (self.policy, self.reference))
+
     def score_steps(self, problem: Problem, steps: list[str]) -> list[float]:
         """Cumulative log-ratio after each step, from one pass over the whole solution."""
         text = join_steps(steps, self.delimiter)

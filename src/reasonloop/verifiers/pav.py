@@ -82,3 +82,14 @@ class PavVerifier:
 
     def score_many(self, prompts: list[str], solutions: list[list[str]]) -> list[float]:
         return [aggregate_steps(r, self.aggregate) for r in self.step_rewards(prompts, solutions)]
+
+    def step_scores_many(self, prompts: list[str], solutions: list[list[str]]) -> list[list[float]]:
+        return self.step_rewards(prompts, solutions)
+
+    def score_prefixes(self, prompts: list[str], prefixes: list[list[str]]) -> list[float]:
+        """The reward of each partial solution's last step, Q_pi + alpha * A_mu (the paper's beam-search score)."""
+        return [r[-1] if r else 0.0 for r in self.step_rewards(prompts, prefixes)]
+
+    @property
+    def tokens_scored(self) -> int:
+        return self.value.tokens_scored + self.prover.tokens_scored

@@ -249,6 +249,7 @@ class ValueVerifier:
             step_delimiter,
             batch_size,
         )
+        self.tokens_scored = 0  # tokens read so far (prompts and solutions)
 
     @classmethod
     def from_dir(cls, path: str | Path, **kw) -> ValueVerifier:
@@ -264,6 +265,7 @@ class ValueVerifier:
                 for p, s in zip(prompts[c : c + self.batch_size], solutions[c : c + self.batch_size])
             ]
             ids, attention, positions, valid = _batch(self.model.tokenizer, rows)
+            self.tokens_scored += int(attention.sum())
             probs = torch.sigmoid(self.model(ids, attention_mask=attention, positions=positions).float())
             out += [probs[r, : len(pos)].tolist() for r, (_, pos) in enumerate(rows)]
         return out
@@ -277,3 +279,11 @@ class ValueVerifier:
     def score_many(self, prompts: list[str], solutions: list[list[str]]) -> list[float]:
         """`score` for many solutions at once (batched)."""
         return [aggregate_steps(v[1:], self.aggregate) for v in self.values(prompts, solutions)]
+
+    def step_scores_many(self, prompts: list[str], solutions: list[list[str]]) -> list[list[float]]:
+        """The value after each step, for many solutions."""
+        return [v[1:] for v in self.values(prompts, solutions)]
+
+    def score_prefixes(self, prompts: list[str], prefixes: list[list[str]]) -> list[float]:
+        """The value after the last step of each partial solution (what tree search compares)."""
+        return [v[-1] for v in self.values(prompts, prefixes)]

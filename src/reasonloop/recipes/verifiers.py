@@ -1,0 +1,274 @@
+"""Train every kind of verifier from one generator's own samples, then compare them on the same held-out samples.
+
+    reasonloop verifiers --run-dir runs/verifiers --set generator=runs/demo/star/checkpoints/round5
+
+1. sample `samples` solutions per training problem from the generator, graded;
+2. Monte-Carlo step values (`mc_k` rollouts per prefix) for one correct and one
+   incorrect sample per problem (where it has them);
+3. train the chosen `kinds`, each starting from the generator:
+   - `orm`: every step labelled with the outcome; score = value after the last step;
+   - `prm`: MC values (Math-Shepherd); score = the smallest step value;
+   - `pav`: the PRM as Q_pi plus a best-of-`prover_k` prover head; step reward
+     Q_pi + `alpha` * A_mu, score = the smallest (Setlur et al. 2024);
+   - `bt`: Bradley-Terry on (correct, incorrect) pairs of the same problem;
+   - `dpo`: the V-STaR DPO verifier on the same pairs;
+4. sample `best_of` solutions per held-out problem and report, per verifier: AUROC
+   of correct vs incorrect over all samples and within each problem, best-of-n
+   for n = 1..N, weighted vote, and ProcessBench-style error-step F1 (threshold
+   chosen on the first half of the held-out problems, applied to the second half;
+   truth from the world's exact step labels).
+
+Each trained verifier is saved in `RUN/<kind>/` with a manifest, so
+`reasonloop search --verifier RUN/<kind>` can load it. Resumable: samples, MC
+values and trained verifiers are reused on a rerun.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reasonloop.core import RunDir, atomic_write_json, atomic_write_text, to_dict
+from reasonloop.engine import HFEngine
+from reasonloop.eval.metrics import majority_correct
+from reasonloop.eval.verifier_metrics import auroc, best_threshold, error_step_f1, predicted_first_error
+from reasonloop.models import resolve_model
+from reasonloop.recipes.common import BarFactory, greedy_accuracy, no_bar, sample_to_file, save_line_plot
+from reasonloop.search import best_of_n, weighted_vote
+from reasonloop.tasks import get_task
+from reasonloop.verifiers import (
+    DpoVerifierConfig,
+    ValueVerifierConfig,
+    mc_step_values,
+    orm_examples,
+    pav_examples,
+    preference_pairs,
+    train_bt_verifier,
+    train_dpo_verifier,
+    train_value_verifier,
+)
+from reasonloop.verifiers.registry import load_verifier, write_manifest
+
+KINDS = ("orm", "prm", "pav", "bt", "dpo")
+NAMES = {"orm": "ORM", "prm": "PRM", "pav": "PAV", "bt": "Bradley-Terry", "dpo": "DPO (V-STaR)"}
+
+
+@dataclass(frozen=True)
+class VerifiersConfig:
+    """Which verifiers to train from which generator, and how they are compared."""
+
+    generator: str = "nano"  # the model that writes solutions; every verifier starts from it
+    task: str = "arith"  # a world with exact step labels (arith) for the error-step F1
+    kinds: str = "orm,prm,pav,bt,dpo"  # comma-separated subset of orm, prm, pav, bt, dpo
+    n_train: int = 500  # training problems (train split)
+    samples: int = 4  # solutions sampled per training problem
+    mc_k: int = 8  # rollouts per step prefix for the PRM / PAV labels
+    prover_k: int = 4  # the PAV prover is best-of-k of the generator
+    alpha: float = 1.0  # PAV: weight of the prover's advantage
+    epochs: float = 6.0  # passes over each verifier's data
+    lr: float = 1e-3  # value-head verifiers' learning rate
+    batch_size: int = 32  # examples (or pairs) per optimiser step
+    n_eval: int = 200  # held-out problems (test split)
+    best_of: int = 16  # N: samples per held-out problem
+    temperature: float = 1.0  # sampling temperature (training and held-out samples, rollouts)
+    max_new_tokens: int = 96  # generation budget per solution
+    seed: int = 0  # problems, sampling and training
+
+    def __post_init__(self) -> None:
+        bad = [k for k in self.kind_list if k not in KINDS]
+        if bad or not self.kind_list:
+            raise ValueError(f"kinds must be a comma-separated subset of {', '.join(KINDS)}; got {self.kinds!r}")
+
+    @property
+    def kind_list(self) -> list[str]:
+        return [k.strip() for k in self.kinds.split(",") if k.strip()]
+
+
+def train_verifiers(cfg: VerifiersConfig, run: RunDir, bar: BarFactory = no_bar, log=print) -> dict[str, Path]:
+    """Steps 1-3 of the module docstring; returns each kind's directory (with its manifest)."""
+    task = get_task(cfg.task)
+    gen = resolve_model(cfg.generator)
+    engine = HFEngine.from_pretrained(gen)
+    train = task.problems("train", cfg.n_train, seed=cfg.seed + 100)
+    kw = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, bar=bar)
+    samples = sample_to_file(
+        run, "train", engine, task, train, lambda p: p.prompt, cfg.samples, seed=cfg.seed + 1, **kw
+    )
+    by_id = {p.id: p for p in train}
+    kinds = cfg.kind_list
+    vcfg = ValueVerifierConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    out: dict[str, Path] = {}
+    if {"prm", "pav"} & set(kinds):
+        chosen, seen = [], set()
+        for s in samples:  # one correct and one incorrect sample per problem, where it has them
+            if (s.problem_id, s.reward == 1.0) not in seen and s.steps:
+                seen.add((s.problem_id, s.reward == 1.0))
+                chosen.append((by_id[s.problem_id], s.steps))
+        mc_file = run.path / "mc_values.json"
+        values = json.loads(mc_file.read_text()) if mc_file.exists() else None  # written atomically: whole or absent
+        if values is None:
+            log(f"Monte-Carlo step values: {len(chosen)} solutions, {cfg.mc_k} rollouts per prefix")
+            values = mc_step_values(
+                engine, task, chosen, cfg.mc_k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                seed=cfg.seed + 2, delimiter=task.step_delimiter,
+            )  # fmt: skip
+            atomic_write_json(mc_file, values)
+        prm_ex, prover_ex = pav_examples(chosen, values, k=cfg.prover_k)
+        log("training the PRM")
+        prm_dir = train_value_verifier(gen, prm_ex, run.path / "prm", vcfg, task.step_delimiter)
+        write_manifest(run.path / "prm", kind="value", model="verifier", aggregate="min")
+        if "prm" in kinds:
+            out["prm"] = run.path / "prm"
+        if "pav" in kinds:
+            log("training the PAV prover head")
+            train_value_verifier(gen, prover_ex, run.path / "pav", vcfg, task.step_delimiter)
+            write_manifest(
+                run.path / "pav", kind="pav", value=Path("..") / "prm" / prm_dir.name, prover="verifier",
+                alpha=cfg.alpha, aggregate="min",
+            )  # fmt: skip
+            out["pav"] = run.path / "pav"
+    if "orm" in kinds:
+        log("training the ORM")
+        train_value_verifier(gen, orm_examples(train, samples, task.step_delimiter), run.path / "orm", vcfg)
+        write_manifest(run.path / "orm", kind="value", model="verifier", aggregate="last")
+        out["orm"] = run.path / "orm"
+    pairs = preference_pairs(train, samples, 4, cfg.seed)
+    if "bt" in kinds:
+        log(f"training the Bradley-Terry model on {len(pairs)} pairs")
+        split = [(p, a.split(task.step_delimiter), b.split(task.step_delimiter)) for p, a, b in pairs]
+        train_bt_verifier(gen, split, run.path / "bt", vcfg, task.step_delimiter)
+        write_manifest(run.path / "bt", kind="value", model="verifier", aggregate="last")
+        out["bt"] = run.path / "bt"
+    if "dpo" in kinds:
+        log(f"training the DPO verifier on {len(pairs)} pairs")
+        dcfg = DpoVerifierConfig(epochs=min(cfg.epochs, 2.0), batch_size=16, seed=cfg.seed)
+        policy = train_dpo_verifier(gen, pairs, run.path / "dpo", dcfg)
+        write_manifest(run.path / "dpo", kind="dpo", policy=policy.name, reference=gen.resolve(), aggregate="sum")
+        out["dpo"] = run.path / "dpo"
+    return {k: out[k] for k in kinds}
+
+
+def run_verifiers(cfg: VerifiersConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=print) -> dict[str, Any]:
+    """Train the verifiers, compare them on held-out samples, write `results.json`, `report.md` and a plot."""
+    run = RunDir(run_dir)
+    run.save_config(to_dict(cfg))
+    dirs = train_verifiers(cfg, run, bar, log)
+    task = get_task(cfg.task)
+    engine = HFEngine.from_pretrained(resolve_model(cfg.generator))
+    test = task.problems("test", cfg.n_eval, seed=cfg.seed)
+    N = cfg.best_of
+    held = sample_to_file(
+        run, "heldout", engine, task, test, lambda p: p.prompt, N, temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 3, bar=bar,
+    )  # fmt: skip
+    steps = [s.steps or [""] for s in held]
+    labels = [int(s.reward == 1.0) for s in held]
+    truth = [task.first_error(test[i // N], st) for i, st in enumerate(steps)]
+    results: dict[str, Any] = {}
+    for kind, d in dirs.items():
+        log(f"scoring {len(held)} held-out samples with the {NAMES[kind]}")
+        results[kind] = evaluate_verifier(load_verifier(d), test, held, steps, labels, truth, N)
+    res = {
+        "greedy_accuracy": greedy_accuracy(engine, task, test, cfg.max_new_tokens),
+        "pass@1": sum(labels) / len(labels),
+        "majority_vote": [
+            sum(majority_correct([s.answer for s in held[i * N : i * N + n]], p.answer) for i, p in enumerate(test))
+            / len(test)
+            for n in range(1, N + 1)
+        ],
+        "verifiers": results,
+    }
+    atomic_write_json(run.path / "results.json", res)
+    _report(run, cfg, res)
+    return res
+
+
+def evaluate_verifier(verifier, test, held, steps, labels, truth, N: int) -> dict[str, Any]:
+    """AUROC (all samples; within each problem), best-of-n, weighted vote and error-step F1 of one verifier."""
+    prompts = [p.prompt for p in test for _ in range(N)]
+    step_scores = verifier.step_scores_many(prompts, steps)
+    scores = verifier.score_many(prompts, steps)
+    best = [
+        sum(held[i * N + best_of_n(scores[i * N : i * N + n])].reward or 0.0 for i in range(len(test))) / len(test)
+        for n in range(1, N + 1)
+    ]
+    vote = sum(
+        weighted_vote([s.answer for s in held[i * N : (i + 1) * N]], scores[i * N : (i + 1) * N]) == p.answer
+        for i, p in enumerate(test)
+    ) / len(test)
+    within = [
+        auroc(scores[i * N : (i + 1) * N], labels[i * N : (i + 1) * N])
+        for i in range(len(test))
+        if 0 < sum(labels[i * N : (i + 1) * N]) < N
+    ]
+    # ProcessBench: the "correct" class is right answers whose steps are all right; threshold on the first half
+    keep = [j for j in range(len(held)) if truth[j] is not None or labels[j] == 1]
+    half = len(held) // 2
+    cal, ev = [j for j in keep if j < half], [j for j in keep if j >= half]
+    has_both = {truth[j] is None for j in cal} == {True, False}
+    if has_both:
+        thr = best_threshold([step_scores[j] for j in cal], [truth[j] for j in cal])
+        f1 = error_step_f1([predicted_first_error(step_scores[j], thr) for j in ev], [truth[j] for j in ev])
+    return {
+        "auroc": auroc(scores, labels) if 0 < sum(labels) < len(labels) else None,
+        "auroc_within_problem": sum(within) / len(within) if within else None,
+        "best_of_n": best,
+        f"weighted_vote@{N}": vote,
+        "error_step": {**f1, "threshold": thr} if has_both else None,  # None: a class is missing
+    }
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _report(run: RunDir, cfg: VerifiersConfig, res: dict[str, Any]) -> None:
+    N = cfg.best_of
+    ns = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= N]
+    series = {"majority vote": [100 * a for a in res["majority_vote"]]}
+    series.update({f"best-of-n, {NAMES[k]}": [100 * a for a in r["best_of_n"]] for k, r in res["verifiers"].items()})
+    save_line_plot(
+        run.path / "plots" / "best_of_n.png", list(range(1, N + 1)), series, xlabel="samples per problem (n)",
+        ylabel="held-out accuracy (%)", title=f"verifiers on {cfg.task}", hlines={"greedy": 100 * res["greedy_accuracy"]},
+    )  # fmt: skip
+    lines = [
+        f"# Verifiers on `{cfg.task}`",
+        "",
+        f"Generator `{cfg.generator}` (greedy {_pct(res['greedy_accuracy'])}, pass@1 {_pct(res['pass@1'])}); "
+        f"{cfg.n_train} training problems x {cfg.samples} samples; {cfg.n_eval} held-out problems x {N} samples.",
+        "",
+        "| selection | AUROC | AUROC within a problem | "
+        + " | ".join(f"n={n}" for n in ns)
+        + f" | weighted vote@{N} |",
+        "|---|---|---|" + "---|" * len(ns) + "---|",
+        "| majority vote | | | " + " | ".join(_pct(res["majority_vote"][n - 1]) for n in ns) + " | |",
+    ]
+    for k, r in res["verifiers"].items():
+        a, w = r["auroc"], r["auroc_within_problem"]
+        lines.append(
+            f"| best-of-n, {NAMES[k]} | {'n/a' if a is None else f'{a:.3f}'} | {'n/a' if w is None else f'{w:.3f}'} | "
+            + " | ".join(_pct(r["best_of_n"][n - 1]) for n in ns)
+            + f" | {_pct(r[f'weighted_vote@{N}'])} |"
+        )
+    lines += [
+        "",
+        "![best-of-n](plots/best_of_n.png)",
+        "",
+        "Error-step identification (ProcessBench-style F1 of finding the first wrong step; threshold chosen on the "
+        "first half of the held-out problems, measured on the second):",
+        "",
+        "| verifier | F1 | accuracy on erroneous solutions | on correct solutions | threshold |",
+        "|---|---|---|---|---|",
+    ]
+    for k, r in res["verifiers"].items():
+        e = r["error_step"]
+        if e is None:
+            lines.append(f"| {NAMES[k]} | n/a (the calibration half lacks right or wrong solutions) | | | |")
+            continue
+        lines.append(
+            f"| {NAMES[k]} | {_pct(e['f1'])} | {_pct(e['error_accuracy'])} | {_pct(e['correct_accuracy'])} | "
+            f"{e['threshold']:.3g} |"
+        )
+    atomic_write_text(run.path / "report.md", "\n".join(lines) + "\n")

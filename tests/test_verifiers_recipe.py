@@ -1,0 +1,92 @@
+"""`reasonloop verifiers`, `search` and `scale` end to end on a tiny model, and verifier manifests."""
+
+import json
+
+import pytest
+
+from reasonloop.core import ReasonloopError
+from reasonloop.recipes.scale import ScaleConfig, run_scale
+from reasonloop.recipes.verifiers import VerifiersConfig, run_verifiers
+from reasonloop.verifiers.registry import load_verifier, write_manifest
+
+
+@pytest.mark.filterwarnings("ignore:.*dropped a torn last line")
+def test_verifiers_then_scale_end_to_end(tmp_path, solver_tiny_dir, capsys):
+    cfg = VerifiersConfig(
+        generator=str(solver_tiny_dir), n_train=10, samples=4, mc_k=2, epochs=1, n_eval=6, best_of=4,
+        max_new_tokens=24, batch_size=8,
+    )  # fmt: skip
+    res = run_verifiers(cfg, tmp_path / "v", log=lambda s: None)
+    assert set(res["verifiers"]) == {"orm", "prm", "pav", "bt", "dpo"}
+    for r in res["verifiers"].values():
+        assert len(r["best_of_n"]) == 4 and all(0 <= a <= 1 for a in r["best_of_n"])
+        assert r["best_of_n"][0] == res["majority_vote"][0]  # one sample: every rule picks it
+    report = (tmp_path / "v" / "report.md").read_text()
+    assert "Error-step identification" in report and (tmp_path / "v" / "plots" / "best_of_n.png").stat().st_size > 0
+    # every kind loads from its directory and scores partial solutions
+    for kind in ("orm", "prm", "pav", "bt", "dpo"):
+        v = load_verifier(tmp_path / "v" / kind)
+        (score,) = v.score_prefixes(["Q: 1+2\n"], [["1+2=3"]])
+        assert isinstance(score, float) and v.tokens_scored > 0
+    # a rerun reuses everything
+    assert run_verifiers(cfg, tmp_path / "v", log=lambda s: None)["verifiers"]["orm"] == res["verifiers"]["orm"]
+
+    scfg = ScaleConfig(
+        model=str(solver_tiny_dir), verifier=str(tmp_path / "v" / "prm"), n_eval=4, budgets="1,4",
+        seeds="0,1", strategies="majority,best_of_n,beam,mcts", max_new_tokens=24, max_depth=6,
+    )  # fmt: skip
+    out = run_scale(scfg, tmp_path / "s", log=lambda s: None)
+    assert len(out["cells"]) == 4 * 2 * 2
+    assert [p["budget"] for p in out["curves"]["beam"]] == [1, 4]
+    assert all(p["accuracy_min"] <= p["accuracy"] <= p["accuracy_max"] for ps in out["curves"].values() for p in ps)
+    assert (tmp_path / "s" / "plots" / "accuracy_vs_tokens.png").stat().st_size > 0
+    lines = (tmp_path / "s" / "samples" / "beam-b4-s1.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and {"generator_tokens", "verifier_tokens", "kept"} <= set(json.loads(lines[0]))
+    # killed mid-cell: a torn last line and a missing problem are redone, nothing is duplicated
+    path = tmp_path / "s" / "samples" / "mcts-b4-s0.jsonl"
+    kept = path.read_text().splitlines()[:2]
+    path.write_text("\n".join(kept) + '\n{"problem_id": "torn')
+    again = run_scale(scfg, tmp_path / "s", log=lambda s: None)
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(rows) == 4 == len({r["problem_id"] for r in rows}) and len(again["cells"]) == 16
+
+    from reasonloop.cli import main
+
+    args = ["search", "--run-dir", str(tmp_path / "one"), "--set", f"model={solver_tiny_dir}", "--set", "n_eval=3"]
+    args += ["--set", f"verifier={tmp_path / 'v' / 'pav'}", "--set", "strategy=beam", "--set", "budget=4"]
+    assert main(args + ["--set", "max_new_tokens=24"]) == 0
+    assert "beam (N=4) on 3 held-out arith problems" in capsys.readouterr().err
+
+
+def test_scale_config_errors_name_the_problem():
+    with pytest.raises(ValueError, match="need a verifier"):
+        ScaleConfig(strategies="majority,beam")
+    with pytest.raises(ValueError, match="unknown"):
+        ScaleConfig(strategies="majority,astar")
+    with pytest.raises(ValueError, match="does not define"):
+        ScaleConfig(verifier="orm=/x", strategies="beam@pav")
+    two = ScaleConfig(verifier="orm=/a,pav=/b", strategies="majority,best_of_n@orm,beam@pav")
+    assert two.strategy_specs == [
+        ("majority", "majority", None),
+        ("best_of_n@orm", "best_of_n", "orm"),
+        ("beam@pav", "beam", "pav"),
+    ]
+    assert ScaleConfig(verifier="/a", strategies="beam").strategy_specs == [("beam", "beam", "default")]
+    with pytest.raises(ValueError, match="kinds"):
+        VerifiersConfig(kinds="orm,prn")
+
+
+def test_load_verifier_errors(tmp_path):
+    with pytest.raises(ReasonloopError, match="no reasonloop_verifier.json"):
+        load_verifier(tmp_path)
+    (tmp_path / "reasonloop_verifier.json").write_text("{not json")
+    with pytest.raises(ReasonloopError, match="not valid JSON"):
+        load_verifier(tmp_path)
+    (tmp_path / "reasonloop_verifier.json").write_text('{"kind": "pav"}')
+    with pytest.raises(ReasonloopError, match="missing key 'value'"):
+        load_verifier(tmp_path)
+    (tmp_path / "reasonloop_verifier.json").write_text('{"kind": "oracle"}')
+    with pytest.raises(ReasonloopError, match="unknown verifier kind"):
+        load_verifier(tmp_path)
+    with pytest.raises(ValueError, match="unknown verifier kind"):
+        write_manifest(tmp_path, kind="oracle")
