@@ -14,17 +14,17 @@ from reasonloop.verifiers.registry import load_verifier, write_manifest
 def test_verifiers_then_scale_end_to_end(tmp_path, solver_tiny_dir, capsys):
     cfg = VerifiersConfig(
         generator=str(solver_tiny_dir), n_train=10, samples=4, mc_k=2, epochs=1, n_eval=6, best_of=4,
-        max_new_tokens=24, batch_size=8,
+        max_new_tokens=24, batch_size=8, genrm_votes=2,
     )  # fmt: skip
     res = run_verifiers(cfg, tmp_path / "v", log=lambda s: None)
-    assert set(res["verifiers"]) == {"orm", "prm", "pav", "bt", "dpo"}
+    assert set(res["verifiers"]) == {"orm", "prm", "pav", "bt", "dpo", "genrm"}
     for r in res["verifiers"].values():
         assert len(r["best_of_n"]) == 4 and all(0 <= a <= 1 for a in r["best_of_n"])
         assert r["best_of_n"][0] == res["majority_vote"][0]  # one sample: every rule picks it
     report = (tmp_path / "v" / "report.md").read_text()
     assert "Error-step identification" in report and (tmp_path / "v" / "plots" / "best_of_n.png").stat().st_size > 0
     # every kind loads from its directory and scores partial solutions
-    for kind in ("orm", "prm", "pav", "bt", "dpo"):
+    for kind in ("orm", "prm", "pav", "bt", "dpo", "genrm"):
         v = load_verifier(tmp_path / "v" / kind)
         (score,) = v.score_prefixes(["Q: 1+2\n"], [["1+2=3"]])
         assert isinstance(score, float) and v.tokens_scored > 0
@@ -90,3 +90,29 @@ def test_load_verifier_errors(tmp_path):
         load_verifier(tmp_path)
     with pytest.raises(ValueError, match="unknown verifier kind"):
         write_manifest(tmp_path, kind="oracle")
+
+
+def test_genrm_learns_to_say_yes_to_right_and_no_to_wrong(tmp_path, solver_tiny_dir):
+    from reasonloop.core import Sample
+    from reasonloop.tasks import ArithTask
+    from reasonloop.verifiers import GenRMConfig, GenRMVerifier, train_genrm, verification_pairs
+
+    task = ArithTask()
+    problems = task.problems("train", 12, seed=100)
+    samples = []
+    for p in problems:
+        steps = task.steps(p.meta["solution"])
+        lhs, value = steps[-2].split("=")  # a slip in the last operation: a wrong final answer
+        bad = "\n".join(steps[:-2] + [f"{lhs}={int(value) + 1}", f"A: {int(value) + 1}"])
+        samples += [Sample(p.id, p.meta["solution"], reward=1.0), Sample(p.id, bad, reward=0.0)]
+    texts = verification_pairs(problems, samples, lambda p: p.meta["solution"])
+    assert texts[0][1].endswith("Correct? Yes") and texts[1][1].endswith("Correct? No")
+    out = train_genrm(solver_tiny_dir, texts, tmp_path / "g", GenRMConfig(epochs=60, batch_size=8, lr=1e-2))
+    genrm = GenRMVerifier.from_dir(out, votes=2, max_new_tokens=40)
+    good = genrm.score_many([p.prompt for p in problems], [task.steps(p.meta["solution"]) for p in problems])
+    bad = genrm.score_many([p.prompt for p in problems], [task.steps(s.text) for s in samples[1::2]])
+    assert all(0.0 <= x <= 1.0 for x in good + bad)
+    assert sum(g > b for g, b in zip(good, bad)) >= 9  # of 12
+    assert genrm.tokens_scored > 0
+    per_step = genrm.score_steps(problems[0], task.steps(problems[0].meta["solution"]))
+    assert len(per_step) == len(task.steps(problems[0].meta["solution"]))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from reasonloop.engine import HFEngine
 from reasonloop.eval import grade
 from reasonloop.models import load_model, resolve_model, save_model
 from reasonloop.tasks import Task, get_task
-from reasonloop.train import TrainConfig, encode_pairs, sft_loss, train_loop
+from reasonloop.train import TrainConfig, sft_on_pairs
 
 # A progress factory: `with bar(total, description) as advance: advance(k)`.
 BarFactory = Callable[[int, str], contextlib.AbstractContextManager]
@@ -100,32 +99,12 @@ def finetune(
     seed: int,
     bar: BarFactory = no_bar,
 ) -> dict[str, Any]:
-    """SFT on (prompt, completion) pairs for `cfg.steps` steps, shuffled per epoch; resumable via `out_dir`."""
-    if not pairs:
-        raise ValueError("no training pairs")
-    per_epoch = math.ceil(len(pairs) / batch_size)
-
-    def batches(i: int):
-        epoch, k = divmod(i, per_epoch)
-        order = list(range(len(pairs)))
-        random.Random(seed * 7919 + epoch).shuffle(order)
-        chosen = [pairs[j] for j in order[k * batch_size : (k + 1) * batch_size]]
-        return encode_pairs(tokenizer, [p for p, _ in chosen], [c for _, c in chosen])
-
-    def loss_fn(m, b):
-        logits = m(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
-        return sft_loss(logits, b.input_ids, b.completion_mask)
-
+    """SFT on (prompt, completion) pairs for `cfg.steps` steps (see `reasonloop.train.sft_on_pairs`), with a bar."""
     with bar(cfg.steps, f"fine-tuning on {len(pairs)} rationales") as advance:
-        return train_loop(
-            model,
-            tokenizer,
-            batches,
-            loss_fn,
-            cfg,
-            out_dir=out_dir,
+        return sft_on_pairs(
+            model, tokenizer, pairs, cfg, batch_size, out_dir, seed,
             progress=lambda r: advance(status=f"nll {r['sft_nll']:.3f}"),
-        )
+        )  # fmt: skip
 
 
 @dataclass

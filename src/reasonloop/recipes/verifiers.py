@@ -12,6 +12,9 @@
      Q_pi + `alpha` * A_mu, score = the smallest (Setlur et al. 2024);
    - `bt`: Bradley-Terry on (correct, incorrect) pairs of the same problem;
    - `dpo`: the V-STaR DPO verifier on the same pairs;
+   - `genrm`: the generative verifier, fine-tuned on verification texts (the
+     world's worked solution as the rationale, then `Correct? Yes/No`) for the
+     same samples; score = P(Yes) averaged over `genrm_votes` sampled verifications;
 4. sample `best_of` solutions per held-out problem and report, per verifier: AUROC
    of correct vs incorrect over all samples and within each problem, best-of-n
    for n = 1..N, weighted vote, and ProcessBench-style error-step F1 (threshold
@@ -40,6 +43,7 @@ from reasonloop.search import best_of_n, weighted_vote
 from reasonloop.tasks import get_task
 from reasonloop.verifiers import (
     DpoVerifierConfig,
+    GenRMConfig,
     ValueVerifierConfig,
     mc_step_values,
     orm_examples,
@@ -47,12 +51,14 @@ from reasonloop.verifiers import (
     preference_pairs,
     train_bt_verifier,
     train_dpo_verifier,
+    train_genrm,
     train_value_verifier,
+    verification_pairs,
 )
 from reasonloop.verifiers.registry import load_verifier, write_manifest
 
-KINDS = ("orm", "prm", "pav", "bt", "dpo")
-NAMES = {"orm": "ORM", "prm": "PRM", "pav": "PAV", "bt": "Bradley-Terry", "dpo": "DPO (V-STaR)"}
+KINDS = ("orm", "prm", "pav", "bt", "dpo", "genrm")
+NAMES = {"orm": "ORM", "prm": "PRM", "pav": "PAV", "bt": "Bradley-Terry", "dpo": "DPO (V-STaR)", "genrm": "GenRM"}
 
 
 @dataclass(frozen=True)
@@ -61,12 +67,13 @@ class VerifiersConfig:
 
     generator: str = "nano"  # the model that writes solutions; every verifier starts from it
     task: str = "arith"  # a world with exact step labels (arith) for the error-step F1
-    kinds: str = "orm,prm,pav,bt,dpo"  # comma-separated subset of orm, prm, pav, bt, dpo
+    kinds: str = "orm,prm,pav,bt,dpo,genrm"  # comma-separated subset of orm, prm, pav, bt, dpo, genrm
     n_train: int = 500  # training problems (train split)
     samples: int = 4  # solutions sampled per training problem
     mc_k: int = 8  # rollouts per step prefix for the PRM / PAV labels
     prover_k: int = 4  # the PAV prover is best-of-k of the generator
     alpha: float = 1.0  # PAV: weight of the prover's advantage
+    genrm_votes: int = 4  # GenRM: sampled verifications averaged per score
     epochs: float = 6.0  # passes over each verifier's data
     lr: float = 1e-3  # value-head verifiers' learning rate
     batch_size: int = 32  # examples (or pairs) per optimiser step
@@ -147,6 +154,15 @@ def train_verifiers(cfg: VerifiersConfig, run: RunDir, bar: BarFactory = no_bar,
         policy = train_dpo_verifier(gen, pairs, run.path / "dpo", dcfg)
         write_manifest(run.path / "dpo", kind="dpo", policy=policy.name, reference=gen.resolve(), aggregate="sum")
         out["dpo"] = run.path / "dpo"
+    if "genrm" in kinds:
+        if any("solution" not in p.meta for p in train):
+            raise ValueError(f"genrm needs worked solutions for the rationales; task {cfg.task!r} has none")
+        texts = verification_pairs(train, samples, lambda p: p.meta["solution"])
+        log(f"training GenRM on {len(texts)} verification texts")
+        gcfg = GenRMConfig(epochs=min(cfg.epochs, 3.0), batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+        train_genrm(gen, texts, run.path / "genrm", gcfg)
+        write_manifest(run.path / "genrm", kind="genrm", model="verifier", votes=cfg.genrm_votes, aggregate="last")
+        out["genrm"] = run.path / "genrm"
     return {k: out[k] for k in kinds}
 
 

@@ -1,7 +1,7 @@
 """Layer 4: losses as pure functions, batching of (prompt, completion) pairs, one training loop."""
 
 from reasonloop.train.data import Batch, encode_pairs
-from reasonloop.train.loop import TrainConfig, TrainingError, train_loop
+from reasonloop.train.loop import TrainConfig, TrainingError, sft_on_pairs, train_loop
 from reasonloop.train.losses import dpo_loss, sequence_logprobs, sft_loss, token_logprobs
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "encode_pairs",
     "sequence_logprobs",
     "sft_loss",
+    "sft_on_pairs",
     "token_logprobs",
 ]

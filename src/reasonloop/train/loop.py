@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -179,3 +180,36 @@ def train_loop(
             _save_checkpoint(last, accelerator.unwrap_model(model), tokenizer, opt, step + 1, history)
     model.eval()
     return {"step": cfg.steps, "history": history, "eval": evals, "config": asdict(cfg)}
+
+
+def sft_on_pairs(
+    model,
+    tokenizer,
+    pairs: list[tuple[str, str]],
+    cfg: TrainConfig,
+    batch_size: int,
+    out_dir: str | os.PathLike | None,
+    seed: int,
+    progress: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
+    """Supervised fine-tuning on (prompt, completion) pairs, loss on completion tokens only, for `cfg.steps`
+    steps, reshuffled every epoch; resumable through `out_dir` like `train_loop`."""
+    from reasonloop.train.data import encode_pairs
+    from reasonloop.train.losses import sft_loss
+
+    if not pairs:
+        raise ValueError("no training pairs")
+    per_epoch = math.ceil(len(pairs) / batch_size)
+
+    def batches(i: int):
+        epoch, k = divmod(i, per_epoch)
+        order = list(range(len(pairs)))
+        random.Random(seed * 7919 + epoch).shuffle(order)
+        chosen = [pairs[j] for j in order[k * batch_size : (k + 1) * batch_size]]
+        return encode_pairs(tokenizer, [p for p, _ in chosen], [c for _, c in chosen])
+
+    def loss_fn(m, b):
+        logits = m(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+        return sft_loss(logits, b.input_ids, b.completion_mask)
+
+    return train_loop(model, tokenizer, batches, loss_fn, cfg, out_dir=out_dir, progress=progress)

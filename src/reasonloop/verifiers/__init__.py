@@ -3,11 +3,13 @@
 - `DpoVerifier`: V-STaR's DPO verifier (log-likelihood ratio to a reference);
 - `ValueVerifier`: a value head, trained as an ORM (`orm_examples`), a PRM with Monte-Carlo labels
   (`mc_step_values`, `prm_examples`) or a Bradley-Terry reward model (`train_bt_verifier`);
-- `PavVerifier`: the process advantage verifier (value plus alpha times the prover's advantage).
+- `PavVerifier`: the process advantage verifier (value plus alpha times the prover's advantage);
+- `GenRMVerifier`: the generative verifier (P(Yes) after sampled verifications).
 """
 
 from reasonloop.verifiers.aggregate import STEP_AGGREGATES, aggregate_steps
 from reasonloop.verifiers.dpo import DpoVerifier, DpoVerifierConfig, preference_pairs, train_dpo_verifier
+from reasonloop.verifiers.genrm import GenRMConfig, GenRMVerifier, train_genrm, verification_pairs
 from reasonloop.verifiers.pav import PavVerifier, best_of_k_values, pav_examples, step_advantages
 from reasonloop.verifiers.value import (
     StepExample,
@@ -24,6 +26,8 @@ __all__ = [
     "STEP_AGGREGATES",
     "DpoVerifier",
     "DpoVerifierConfig",
+    "GenRMConfig",
+    "GenRMVerifier",
     "PavVerifier",
     "StepExample",
     "ValueVerifier",
@@ -36,7 +40,9 @@ __all__ = [
     "preference_pairs",
     "prm_examples",
     "step_advantages",
+    "verification_pairs",
     "train_bt_verifier",
     "train_dpo_verifier",
+    "train_genrm",
     "train_value_verifier",
 ]

@@ -3,6 +3,7 @@
     {"kind": "value", "model": "verifier", "aggregate": "last"}              # ORM, PRM, Bradley-Terry
     {"kind": "pav", "value": "../prm", "prover": "prover", "alpha": 1.0, "aggregate": "min"}
     {"kind": "dpo", "policy": "policy", "reference": "/path/to/generator", "aggregate": "sum"}
+    {"kind": "genrm", "model": "verifier", "votes": 4, "aggregate": "last"}
 
 Relative paths are relative to the verifier's directory. `load_verifier(dir)`
 returns an object with `score`, `score_steps`, `score_many`, `score_prefixes`
@@ -18,12 +19,13 @@ from typing import Any
 from reasonloop.core import ReasonloopError, atomic_write_json
 
 MANIFEST = "reasonloop_verifier.json"
+KINDS = ("value", "pav", "dpo", "genrm")
 
 
 def write_manifest(directory: str | Path, **spec: Any) -> Path:
     """Record how to load the verifier in `directory`."""
-    if spec.get("kind") not in ("value", "pav", "dpo"):
-        raise ValueError(f"unknown verifier kind {spec.get('kind')!r}; expected value, pav or dpo")
+    if spec.get("kind") not in KINDS:
+        raise ValueError(f"unknown verifier kind {spec.get('kind')!r}; expected one of {', '.join(KINDS)}")
     path = Path(directory) / MANIFEST
     atomic_write_json(path, {k: str(v) if isinstance(v, Path) else v for k, v in spec.items()})
     return path
@@ -32,6 +34,7 @@ def write_manifest(directory: str | Path, **spec: Any) -> Path:
 def load_verifier(directory: str | Path):
     """The verifier saved in `directory`; a one-line error if it is not one."""
     from reasonloop.verifiers.dpo import DpoVerifier
+    from reasonloop.verifiers.genrm import GenRMVerifier
     from reasonloop.verifiers.pav import PavVerifier
     from reasonloop.verifiers.value import ValueVerifier
 
@@ -60,4 +63,6 @@ def load_verifier(directory: str | Path):
         )
     if kind == "dpo":
         return DpoVerifier.from_dirs(at("policy"), at("reference"), aggregate=spec.get("aggregate", "sum"))
-    raise ReasonloopError(f"{path}: unknown verifier kind {kind!r}; expected value, pav or dpo")
+    if kind == "genrm":
+        return GenRMVerifier.from_dir(at("model"), votes=spec.get("votes", 4), aggregate=spec.get("aggregate", "last"))
+    raise ReasonloopError(f"{path}: unknown verifier kind {kind!r}; expected one of {', '.join(KINDS)}")
