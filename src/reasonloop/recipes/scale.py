@@ -25,8 +25,10 @@ from reasonloop.core.jsonl import repair_jsonl
 from reasonloop.engine import HFEngine
 from reasonloop.models import resolve_model
 from reasonloop.recipes.common import BarFactory, no_bar
-from reasonloop.search.solve import NEEDS_VERIFIER, STRATEGIES, solve
+from reasonloop.search.solve import NEEDS_VERIFIER, SAMPLING, STRATEGIES, solve, solve_sampling
 from reasonloop.tasks import get_task
+
+SAMPLING_CHUNK = 25  # problems per generator call for the sampling strategies (also the resume granularity)
 
 
 @dataclass(frozen=True)
@@ -124,24 +126,31 @@ def _cell(run: RunDir, cfg: ScaleConfig, spec: tuple, budget: int, seed: int, pr
     todo = [p for p in problems if p.id not in done]
     if todo:
         with bar(len(todo), f"{label} N={budget} seed {seed}") as advance, JsonlWriter(path) as w:
-            for p in todo:
-                o = solve(
-                    p, task, engine, verifier, strategy, budget, temperature=cfg.temperature,
-                    max_new_tokens=cfg.max_new_tokens, max_depth=cfg.max_depth, seed=seed * 100_003 + budget,
-                )  # fmt: skip
-                rec = {
-                    "problem_id": p.id,
-                    "answer": o.answer,
-                    "correct": o.answer is not None and task.is_correct(p, o.text),
-                    "text": o.text,
-                    "generator_tokens": o.generator_tokens,
-                    "verifier_tokens": o.verifier_tokens,
-                    "finished": o.finished,
-                    "kept": o.kept,
-                }
-                w.write(rec)
-                done[p.id] = rec
-                advance()
+            kw = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+            step = SAMPLING_CHUNK if strategy in SAMPLING else 1
+            for c in range(0, len(todo), step):
+                chunk, run_seed = todo[c : c + step], seed * 100_003 + budget * 1_009 + c
+                if strategy in SAMPLING:  # batched across problems: one generator call per chunk
+                    outcomes = solve_sampling(chunk, task, engine, verifier, strategy, budget, seed=run_seed, **kw)
+                else:
+                    outcomes = [
+                        solve(p, task, engine, verifier, strategy, budget, max_depth=cfg.max_depth, seed=run_seed, **kw)
+                        for p in chunk
+                    ]
+                for p, o in zip(chunk, outcomes):
+                    rec = {
+                        "problem_id": p.id,
+                        "answer": o.answer,
+                        "correct": o.answer is not None and task.is_correct(p, o.text),
+                        "text": o.text,
+                        "generator_tokens": o.generator_tokens,
+                        "verifier_tokens": o.verifier_tokens,
+                        "finished": o.finished,
+                        "kept": o.kept,
+                    }
+                    w.write(rec)
+                    done[p.id] = rec
+                    advance()
     rows = [done[p.id] for p in problems]
     return {
         "strategy": label,

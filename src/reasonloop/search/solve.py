@@ -43,6 +43,7 @@ from reasonloop.search.tot import tot_bfs, tot_dfs
 from reasonloop.search.vote import best_of_n, majority_vote, weighted_vote
 
 STRATEGIES = ("majority", "best_of_n", "weighted_vote", "beam", "dvts", "mcts", "tot_bfs", "tot_dfs")
+SAMPLING = ("majority", "best_of_n", "weighted_vote")  # whole solutions; these batch across problems
 NEEDS_VERIFIER = set(STRATEGIES) - {"majority"}
 
 
@@ -84,23 +85,9 @@ def solve(
     def v_spent() -> int:
         return (verifier.tokens_scored - v_before) if verifier is not None else 0
 
-    if strategy in ("majority", "best_of_n", "weighted_vote"):
-        (samples,) = generator.generate(
-            [problem.prompt], budget, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed
-        )
-        tokens = sum(len(s.token_ids) for s in samples)
-        answers = [task.extract_answer(s.text) for s in samples]
-        if strategy == "majority":
-            answer = majority_vote(answers)
-            text = next((s.text for s, a in zip(samples, answers) if a == answer), samples[0].text)
-            return Outcome(answer, text, tokens, 0, kept=answers)
-        scores = verifier.score_many([problem.prompt] * len(samples), [split_steps(s.text, delim) for s in samples])
-        if strategy == "best_of_n":
-            i = best_of_n(scores)
-            return Outcome(answers[i], samples[i].text, tokens, v_spent(), kept=list(zip(answers, scores)))
-        answer = weighted_vote(answers, scores)
-        text = max((s.text for s, a in zip(samples, answers) if a == answer), key=len, default=samples[0].text)
-        return Outcome(answer, text, tokens, v_spent(), kept=list(zip(answers, scores)))
+    if strategy in SAMPLING:
+        return solve_sampling([problem], task, generator, verifier, strategy, budget,
+                              temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)[0]  # fmt: skip
 
     expand = generator_expand(
         generator, problem.prompt, delim, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed
@@ -132,3 +119,51 @@ def solve(
         ((rest,),) = generator.generate([problem.prompt + prefix], 1, temperature=0.0, max_new_tokens=max_new_tokens)
         text, tokens = prefix + rest.text, tokens + len(rest.token_ids)
     return Outcome(task.extract_answer(text), text, tokens, v_spent(), res.finished, kept)
+
+
+def solve_sampling(
+    problems: list[Problem],
+    task,
+    generator,
+    verifier,
+    strategy: str,
+    budget: int,
+    *,
+    temperature: float = 1.0,
+    max_new_tokens: int = 96,
+    seed: int = 0,
+) -> list[Outcome]:
+    """Majority vote, best-of-N or weighted vote for many problems at once: one generator call for all of them
+    verifier call per problem, so small problems do not pay a generator call each. The same rules as `solve`
+    (the samples differ: one seed serves the whole batch)."""
+    if strategy not in SAMPLING:
+        raise ValueError(f"solve_sampling handles {', '.join(SAMPLING)}, not {strategy!r}")
+    if strategy != "majority" and verifier is None:
+        raise ValueError(f"strategy {strategy!r} needs a verifier")
+    delim = task.step_delimiter
+    outs = generator.generate(
+        [p.prompt for p in problems], budget, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed
+    )
+    scores: list[list[float]] = [[] for _ in problems]
+    spent = [0] * len(problems)
+    if strategy != "majority":
+        for i, (p, samples) in enumerate(zip(problems, outs)):  # per problem, so verifier tokens are attributed
+            before = verifier.tokens_scored
+            scores[i] = verifier.score_many([p.prompt] * len(samples), [split_steps(s.text, delim) for s in samples])
+            spent[i] = verifier.tokens_scored - before
+    results = []
+    for samples, sc, v_tokens in zip(outs, scores, spent):
+        tokens = sum(len(s.token_ids) for s in samples)
+        answers = [task.extract_answer(s.text) for s in samples]
+        if strategy == "majority":
+            answer = majority_vote(answers)
+            text = next((s.text for s, a in zip(samples, answers) if a == answer), samples[0].text)
+            results.append(Outcome(answer, text, tokens, 0, kept=answers))
+        elif strategy == "best_of_n":
+            i = best_of_n(sc)
+            results.append(Outcome(answers[i], samples[i].text, tokens, v_tokens, kept=list(zip(answers, sc))))
+        else:
+            answer = weighted_vote(answers, sc)
+            text = max((s.text for s, a in zip(samples, answers) if a == answer), key=len, default=samples[0].text)
+            results.append(Outcome(answer, text, tokens, v_tokens, kept=list(zip(answers, sc))))
+    return results

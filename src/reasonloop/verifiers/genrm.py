@@ -30,6 +30,7 @@ from reasonloop.train import TrainConfig, sft_on_pairs
 from reasonloop.verifiers.aggregate import STEP_AGGREGATES, aggregate_steps
 
 QUESTION = "\nCorrect? "  # the verdict follows this
+MARK = "?"  # where a sampled verification stops (the end of QUESTION)
 HEADER = "\nVerify:\n"  # the verification rationale follows the candidate after this
 
 
@@ -120,9 +121,10 @@ class GenRMVerifier:
     def p_yes(self, prompts: list[str], solutions: list[str]) -> list[float]:
         """Mean P(Yes) over `votes` sampled verifications of each (problem prompt, solution text)."""
         vprompts = [verifier_prompt(p, s) for p, s in zip(prompts, solutions)]
+        # stop at the question mark: a one-character stop is checked per token, not by decoding text every step
         outs = self.engine.generate(
             vprompts, self.votes, temperature=self.temperature, max_new_tokens=self.max_new_tokens,
-            stop=[QUESTION], seed=self.seed,
+            stop=[MARK], seed=self.seed,
         )  # fmt: skip
         contexts = [vp + _rationale_of(s.text) + QUESTION for vp, samples in zip(vprompts, outs) for s in samples]
         first = self.engine.logprobs(contexts, [self.yes_first] * len(contexts))
@@ -159,5 +161,5 @@ class GenRMVerifier:
 
 
 def _rationale_of(text: str) -> str:
-    """The sampled verification up to the verdict question (the engine cuts text at the stop string)."""
-    return text.split(QUESTION)[0]
+    """The sampled verification without the verdict question (the engine cut the text at the question mark)."""
+    return text.split(MARK)[0].removesuffix(QUESTION.split(MARK)[0])
