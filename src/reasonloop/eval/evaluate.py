@@ -74,7 +74,7 @@ def evaluate(
             rec["n_correct"] = c
             for k in ks:
                 sums[f"pass@{k}"] += pass_at_k(cfg.n, c, k)
-                sums[f"maj@{k}"] += maj_at_k(answers, p.answer, k)
+                sums[f"maj@{k}"] += maj_at_k(answers, p.answer, k, [s.reward for s in graded])
             samples.extend(graded)
         result.update({k: v / len(problems) for k, v in sums.items()})
     result["by_group"] = by_group(problems, per_problem, cfg.n)

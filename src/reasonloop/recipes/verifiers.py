@@ -190,7 +190,12 @@ def run_verifiers(cfg: VerifiersConfig, run_dir: str | Path, bar: BarFactory = n
         "greedy_accuracy": greedy_accuracy(engine, task, test, cfg.max_new_tokens),
         "pass@1": sum(labels) / len(labels),
         "majority_vote": [
-            sum(majority_correct([s.answer for s in held[i * N : i * N + n]], p.answer) for i, p in enumerate(test))
+            sum(
+                majority_correct(
+                    [s.answer for s in held[i * N : i * N + n]], p.answer, [s.reward for s in held[i * N : i * N + n]]
+                )
+                for i, p in enumerate(test)
+            )
             / len(test)
             for n in range(1, N + 1)
         ],

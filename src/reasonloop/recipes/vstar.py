@@ -107,7 +107,7 @@ def run_vstar(cfg: VStarConfig, run_dir: str | Path, bar: BarFactory = no_bar, l
         vote = best = 0.0
         for i, p in enumerate(test_problems):
             ss, sc = held[i * N : i * N + n], scores[i * N : i * N + n]
-            vote += majority_correct([s.answer for s in ss], p.answer)
+            vote += majority_correct([s.answer for s in ss], p.answer, [s.reward for s in ss])
             best += ss[best_of_n(sc)].reward or 0.0
         curves["majority_vote"].append(vote / len(test_problems))
         curves["verifier_best_of_n"].append(best / len(test_problems))
