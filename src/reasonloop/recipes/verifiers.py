@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reasonloop.core import RunDir, atomic_write_json, atomic_write_text, to_dict
+from reasonloop.core import RunDir, atomic_write_json, atomic_write_text, split_steps, to_dict
 from reasonloop.engine import HFEngine
 from reasonloop.eval.metrics import majority_correct
 from reasonloop.eval.verifier_metrics import auroc, best_threshold, error_step_f1, predicted_first_error
@@ -114,8 +114,9 @@ def train_verifiers(cfg: VerifiersConfig, run: RunDir, bar: BarFactory = no_bar,
                 seen.add((s.problem_id, s.reward == 1.0))
                 chosen.append((by_id[s.problem_id], s.steps))
         mc_file = run.path / "mc_values.json"
-        values = json.loads(mc_file.read_text()) if mc_file.exists() else None  # written atomically: whole or absent
-        if values is None:
+        if mc_file.exists():  # written atomically: whole or absent
+            values = json.loads(mc_file.read_text())
+        else:
             log(f"Monte-Carlo step values: {len(chosen)} solutions, {cfg.mc_k} rollouts per prefix")
             values = mc_step_values(
                 engine, task, chosen, cfg.mc_k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
@@ -144,7 +145,7 @@ def train_verifiers(cfg: VerifiersConfig, run: RunDir, bar: BarFactory = no_bar,
     pairs = preference_pairs(train, samples, 4, cfg.seed)
     if "bt" in kinds:
         log(f"training the Bradley-Terry model on {len(pairs)} pairs")
-        split = [(p, a.split(task.step_delimiter), b.split(task.step_delimiter)) for p, a, b in pairs]
+        split = [(p, split_steps(a, task.step_delimiter), split_steps(b, task.step_delimiter)) for p, a, b in pairs]
         train_bt_verifier(gen, split, run.path / "bt", vcfg, task.step_delimiter)
         write_manifest(run.path / "bt", kind="value", model="verifier", aggregate="last")
         out["bt"] = run.path / "bt"

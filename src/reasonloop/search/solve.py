@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from reasonloop.core import Problem, split_steps
+from reasonloop.core import Problem, join_steps, split_steps
 from reasonloop.search.beam import beam_search, generator_expand
 from reasonloop.search.dvts import dvts
 from reasonloop.search.mcts import mcts
@@ -79,15 +79,11 @@ def solve(
         raise ValueError(f"strategy {strategy!r} needs a verifier")
     if budget < 1:
         raise ValueError("budget must be at least 1")
-    delim = task.step_delimiter
-    v_before = verifier.tokens_scored if verifier is not None else 0
-
-    def v_spent() -> int:
-        return (verifier.tokens_scored - v_before) if verifier is not None else 0
-
     if strategy in SAMPLING:
         return solve_sampling([problem], task, generator, verifier, strategy, budget,
                               temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)[0]  # fmt: skip
+    delim = task.step_delimiter
+    v_before = verifier.tokens_scored
 
     expand = generator_expand(
         generator, problem.prompt, delim, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed
@@ -100,25 +96,25 @@ def solve(
     width = max(1, budget // 4)
     if strategy == "beam":
         res = beam_search(expand, score, beam_width=width, expansions=k, max_depth=max_depth)
-        kept = [["\n".join(s), v] for s, v in res.kept]
+        kept = [[join_steps(s, delim), v] for s, v in res.kept]
     elif strategy == "dvts":
         res = dvts(expand, score, budget=width * k, beam_width=k, max_depth=max_depth)
-        kept = [["\n".join(r.steps), r.score] for r in res.subtrees]
+        kept = [[join_steps(r.steps, delim), r.score] for r in res.subtrees]
     elif strategy == "mcts":
         res = mcts(expand, score, simulations=4 * budget, expansions=k, max_depth=max_depth, seed=seed)
-        kept = [["\n".join(p), n, q] for p, n, q in res.tree]
+        kept = [[join_steps(list(p), delim), n, q] for p, n, q in res.tree]
     elif strategy == "tot_bfs":
         res = tot_bfs(expand, score, breadth=width, expansions=k, max_depth=max_depth)
-        kept = [["\n".join(s), v] for s, v in res.kept]
+        kept = [[join_steps(s, delim), v] for s, v in res.kept]
     else:
         res = tot_dfs(expand, score, expansions=k, threshold=0.5, max_depth=max_depth, max_nodes=2 * budget)
-        kept = [["\n".join(s), v] for s, v in res.kept]
-    text, tokens = "\n".join(res.steps), res.generator_tokens
+        kept = [[join_steps(s, delim), v] for s, v in res.kept]
+    text, tokens = join_steps(res.steps, delim), res.generator_tokens
     if not res.finished:  # the budget ran out mid-solution: finish the best partial one greedily, so there is an answer
         prefix = "".join(s + delim for s in res.steps)
         ((rest,),) = generator.generate([problem.prompt + prefix], 1, temperature=0.0, max_new_tokens=max_new_tokens)
         text, tokens = prefix + rest.text, tokens + len(rest.token_ids)
-    return Outcome(task.extract_answer(text), text, tokens, v_spent(), res.finished, kept)
+    return Outcome(task.extract_answer(text), text, tokens, verifier.tokens_scored - v_before, res.finished, kept)
 
 
 def solve_sampling(
@@ -133,8 +129,8 @@ def solve_sampling(
     max_new_tokens: int = 96,
     seed: int = 0,
 ) -> list[Outcome]:
-    """Majority vote, best-of-N or weighted vote for many problems at once: one generator call for all of them
-    verifier call per problem, so small problems do not pay a generator call each. The same rules as `solve`
+    """Majority vote, best-of-N or weighted vote for many problems at once: one generator call for all of them and
+    one verifier call per problem, so small problems do not pay a generator call each. The same rules as `solve`
     (the samples differ: one seed serves the whole batch)."""
     if strategy not in SAMPLING:
         raise ValueError(f"solve_sampling handles {', '.join(SAMPLING)}, not {strategy!r}")
