@@ -52,3 +52,19 @@ def test_demo_cli_prints_table_and_writes_report_with_both_plots(tmp_path, solve
     # a config typo is one line naming the key, before anything runs
     assert main(["demo", "--run-dir", str(tmp_path / "x"), "--set", "roundz=3"]) == 2
     assert "roundz" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_line_plots_draw_every_series(tmp_path, monkeypatch):
+    """The verifier report plots seven series; an earlier version silently dropped all past the fourth."""
+    import matplotlib.axes
+
+    from reasonloop.recipes.common import save_line_plot
+
+    drawn = []
+    original = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "plot", lambda self, *a, **k: drawn.append(k["label"]) or original(self, *a, **k)
+    )
+    series = {f"s{i}": [float(i), float(i + 1)] for i in range(7)}
+    save_line_plot(tmp_path / "p.png", [1, 2], series, xlabel="x", ylabel="y", title="t")
+    assert drawn == list(series) and (tmp_path / "p.png").stat().st_size > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -161,7 +162,7 @@ def save_line_plot(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for (label, ys), marker in zip(series.items(), "os^v"):
+    for (label, ys), marker in zip(series.items(), itertools.cycle("os^vDP*X")):  # every series, however many
         ax.plot(xs, ys, marker=marker, label=label)
     for label, y in (hlines or {}).items():
         ax.axhline(y, color="gray", linestyle="--", label=label)
