@@ -42,6 +42,22 @@ def test_init_builds_and_evaluates(built, capsys):
     assert "already" in capsys.readouterr().err
 
 
+def test_init_builds_a_countdown_base(tmp_path):
+    out = tmp_path / "cd"
+    spec = "task=countdown:n_numbers=3,number_max=9,target_max=100"
+    assert main(["--threads", "2", "init", "--out", str(out), *TINY, "--set", spec, "--eval-problems", "3"]) == 0
+    report = json.loads((out / "eval_countdown.json").read_text())
+    assert report["task"] == "countdown" and report["num_problems"] == 3
+    training = json.loads((out / "nano_training.json").read_text())
+    assert training["world"]["n_numbers"] == 3 and training["config"]["task"].startswith("countdown:")
+
+
+def test_init_refuses_a_file_task(tmp_path, capsys):
+    assert main(["init", "--out", str(tmp_path / "x"), "--set", "task=gsm8k"]) != 0
+    assert "built-in world" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_eval_writes_json(built, tmp_path):
     out = tmp_path / "e.json"
     args = [

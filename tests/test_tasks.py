@@ -89,6 +89,46 @@ def test_countdown_has_many_solutions():
         assert task.is_correct(p, sol)
 
 
+def test_task_spec_carries_world_options():
+    task = get_task("countdown:n_numbers=3, number_max=9")
+    assert task.config.n_numbers == 3 and task.config.number_max == 9
+    assert all(len(p.meta["numbers"]) == 3 and max(p.meta["numbers"]) <= 9 for p in task.problems("train", 50))
+    # explicit options win over the spec's
+    assert get_task("countdown:n_numbers=3", n_numbers=4).config.n_numbers == 4
+    with pytest.raises(ConfigError, match="bad part 'n_numbers'"):
+        get_task("countdown:n_numbers")
+    with pytest.raises(ConfigError, match="countdown options: unknown key 'n_number'"):
+        get_task("countdown:n_number=3")
+
+
+def test_countdown_facts_are_legal_operations():
+    from reasonloop.tasks.arith import OPS, STEP_RE
+
+    task = get_task("countdown:n_numbers=3,number_max=9,target_max=100")
+    facts = task.facts(300, seed=2)
+    assert len(facts) == 300 and facts == task.facts(300, seed=2) and facts != task.facts(300, seed=3)
+    for fact in facts:
+        a, op, b, c = STEP_RE.match(fact).groups()
+        assert OPS[op](int(a), int(b)) == int(c) and 0 < int(c) <= 100, fact
+
+
+def test_countdown_first_error_is_the_step_that_loses_the_target():
+    from reasonloop.tasks.countdown import reachable
+
+    task = get_task("countdown:n_numbers=3,number_max=9,target_max=100")
+    for p in task.problems("test", 60):
+        assert reachable(tuple(p.meta["numbers"]), p.meta["target"])
+        assert task.first_error(p, task.steps(p.meta["solution"])) is None
+    from reasonloop.core import Problem
+
+    p = Problem("x", "Q: 24 from 3 4 6 8\n", "24", {"numbers": [3, 4, 6, 8]})
+    # 8-6=2 keeps 24 in reach (2*3*4); 2+3=5 leaves 4 and 5, which cannot make 24
+    assert task.first_error(p, ["8-6=2", "2+3=5", "5*4=20", "A: 20"]) == 1
+    assert task.first_error(p, ["8-6=2", "2*3=6", "6*4=24", "A: 24"]) is None
+    assert task.first_error(p, ["3*9=27"]) == 0  # illegal: 9 is not given
+    assert task.first_error(p, ["6*4=24", "A: 25"]) == 1  # the answer line states the wrong value
+
+
 def test_gsm8k_file(shared_data):
     task = get_task("gsm8k", data=str(shared_data / "gsm8k" / "test.jsonl"))
     problems = task.problems()

@@ -110,10 +110,14 @@ def cmd_init(args: argparse.Namespace) -> int:
             f"validation greedy accuracy {100 * (info['val_greedy_accuracy'] or 0):.0f}% (target {100 * cfg.target_accuracy:.0f}%)"
         )
     if args.eval_problems > 0:
-        args.model, args.task, args.data, args.task_option = str(out), "arith", None, []
+        from reasonloop.tasks import parse_task_spec
+
+        name, options = parse_task_spec(cfg.task)
+        args.model, args.task, args.data = str(out), name, None
+        args.task_option = [f"{k}={v}" for k, v in options.items()]
         args.split, args.num_problems, args.n = "test", args.eval_problems, 16
         args.temperature, args.top_p, args.max_new_tokens, args.seed = 1.0, 1.0, 128, 0
-        args.output = str(out / "eval_arith.json")
+        args.output = str(out / f"eval_{name}.json")
         return cmd_eval(args)
     return 0
 

@@ -1,6 +1,9 @@
-"""The nano model: a character-level Llama trained from scratch on the `arith` world in minutes on a CPU.
+"""The nano model: a character-level Llama trained from scratch on a built-in world in minutes on a CPU.
 
-Run it with ``reasonloop init`` (which also evaluates the result).
+Run it with ``reasonloop init`` (which also evaluates the result). The world is
+`arith` by default; ``--set task=countdown:n_numbers=3,number_max=9`` builds a
+countdown base the same way (its "pretraining" operations are the world's legal
+steps, its seed set the generating solutions of train-split problems).
 
 Training data, as in STaR's setting of a large "pretraining" corpus plus a small
 seed set P of worked rationales:
@@ -24,14 +27,15 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from reasonloop.core import atomic_write_json
 from reasonloop.models.hf import save_model
-from reasonloop.tasks.arith import ArithConfig, ArithTask
+from reasonloop.tasks.arith import ArithTask
+from reasonloop.tasks.base import WorldTask
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARS = (
@@ -65,6 +69,13 @@ class NanoConfig:
     eval_every: int = 20  # steps between validation checks (5 once past half the target)
     n_val_problems: int = 150  # train-split validation problems (disjoint from the seed set)
     seed: int = 0  # everything derives from this seed
+    task: str = "arith"  # the world, with options: "arith", "countdown:n_numbers=3,number_max=9"
+
+    def __post_init__(self) -> None:
+        from reasonloop.tasks import parse_task_spec
+
+        if parse_task_spec(self.task)[0] not in ("arith", "countdown"):
+            raise ValueError(f"task must be a built-in world (arith or countdown), not {self.task!r}")
 
 
 def build_tokenizer():
@@ -108,14 +119,23 @@ def build_model(cfg: NanoConfig, tokenizer):
     return LlamaForCausalLM(config)
 
 
-def seed_set(task: ArithTask, cfg: NanoConfig, hinted: bool = False) -> list[tuple[str, str]]:
+def nano_task(cfg: NanoConfig) -> WorldTask:
+    """The world `cfg.task` names."""
+    from reasonloop.tasks import get_task
+
+    return get_task(cfg.task)
+
+
+def seed_set(task: WorldTask, cfg: NanoConfig, hinted: bool = False) -> list[tuple[str, str]]:
     """STaR's small seed set P: (prompt, worked solution) for short train-split chains.
 
     With `hinted`, the prompts are the hint prompts (the answer given), as the
     rationalisation step of STaR will ask: seeing a few such documents is what
     lets the base use a hint at all.
     """
-    short = ArithTask(ArithConfig(**{**task.config.__dict__, "max_ops": min(cfg.seed_max_ops, task.config.max_ops)}))
+    short = task
+    if isinstance(task, ArithTask):
+        short = ArithTask(replace(task.config, max_ops=min(cfg.seed_max_ops, task.config.max_ops)))
     problems = short.problems("train", cfg.n_seed_solutions, seed=cfg.seed + 1)
     return [(p.meta["hint_prompt"] if hinted else p.prompt, p.meta["solution"]) for p in problems]
 
@@ -123,7 +143,7 @@ def seed_set(task: ArithTask, cfg: NanoConfig, hinted: bool = False) -> list[tup
 class _Docs:
     """An endless stream of tokenised documents: worked solutions and blocks of single operations."""
 
-    def __init__(self, task: ArithTask, cfg: NanoConfig, tokenizer):
+    def __init__(self, task: WorldTask, cfg: NanoConfig, tokenizer):
         self.rng = random.Random(cfg.seed)
         self.cfg = cfg
         self.eos = tokenizer.eos_token_id
@@ -162,14 +182,14 @@ class _Docs:
 def train_nano(
     out_dir: str | Path,
     cfg: NanoConfig | None = None,
-    task: ArithTask | None = None,
+    task: WorldTask | None = None,
     log: Callable[[dict], None] | None = None,
     progress: Callable[[dict], None] | None = None,
     callback: Callable[[int, object, object], None] | None = None,
 ) -> Path:
     """Train the nano base from scratch and save it (model + tokenizer) to `out_dir`."""
     cfg = cfg or NanoConfig()
-    task = task or ArithTask()
+    task = task or nano_task(cfg)
     tokenizer = build_tokenizer()
     model = build_model(cfg, tokenizer)
     model.train()
@@ -233,14 +253,14 @@ def train_nano(
     return out
 
 
-def validation_problems(task: ArithTask, cfg: NanoConfig) -> list:
+def validation_problems(task: WorldTask, cfg: NanoConfig) -> list:
     """Train-split problems of every length, excluding the seed set: what early stopping looks at."""
     seed_prompts = {p for p, _ in seed_set(task, cfg)}
     pool = task.problems("train", cfg.n_val_problems + len(seed_prompts), seed=cfg.seed + 2)
     return [p for p in pool if p.prompt not in seed_prompts][: cfg.n_val_problems]
 
 
-def greedy_accuracy(model, tokenizer, task: ArithTask, problems: list) -> float:
+def greedy_accuracy(model, tokenizer, task: WorldTask, problems: list) -> float:
     from reasonloop.engine import HFEngine  # same layer; the engine only needs the model
 
     engine = HFEngine(model, tokenizer)

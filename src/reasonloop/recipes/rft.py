@@ -35,7 +35,7 @@ class RftConfig:
     """One RFT run."""
 
     model: str = "nano"  # model to sample from and fine-tune, or "nano"
-    task: str = "arith"  # task name
+    task: str = "arith"  # a world, with options: arith, countdown:n_numbers=3
     n_train: int = 1000  # training problems (train split)
     n_eval: int = 200  # held-out problems (test split)
     k: int = 16  # samples per problem

@@ -37,7 +37,7 @@ class ScaleConfig:
 
     model: str = "nano"  # the generator
     verifier: str = ""  # a directory from `reasonloop verifiers` (RUN/<kind>), or named ones: orm=DIR,pav=DIR
-    task: str = "arith"  # task name
+    task: str = "arith"  # a world, with options: arith, countdown:n_numbers=3
     n_eval: int = 100  # held-out problems (test split)
     strategies: str = "majority,best_of_n,weighted_vote,beam,mcts"  # comma-separated; strategy@name picks a verifier
     budgets: str = "1,2,4,8,16"  # comma-separated budgets N
@@ -98,7 +98,7 @@ class SearchConfig:
 
     model: str = "nano"  # the generator
     verifier: str = ""  # a directory written by `reasonloop verifiers`; needed by all but majority
-    task: str = "arith"  # task name
+    task: str = "arith"  # a world, with options: arith, countdown:n_numbers=3
     n_eval: int = 100  # held-out problems (test split)
     strategy: str = "best_of_n"  # one of reasonloop.search.solve.STRATEGIES
     budget: int = 8  # see reasonloop.search.solve

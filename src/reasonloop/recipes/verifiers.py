@@ -66,7 +66,7 @@ class VerifiersConfig:
     """Which verifiers to train from which generator, and how they are compared."""
 
     generator: str = "nano"  # the model that writes solutions; every verifier starts from it
-    task: str = "arith"  # a world with exact step labels (arith) for the error-step F1
+    task: str = "arith"  # a world with exact step checks, with options: arith, countdown:n_numbers=3
     kinds: str = "orm,prm,pav,bt,dpo,genrm"  # comma-separated subset of orm, prm, pav, bt, dpo, genrm
     n_train: int = 500  # training problems (train split)
     samples: int = 4  # solutions sampled per training problem

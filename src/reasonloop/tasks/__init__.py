@@ -14,8 +14,31 @@ from reasonloop.tasks.jsonl import FORMATS, JsonlFormat, JsonlTask
 TASKS = ("arith", "countdown", "gsm8k", "math")
 
 
+def parse_task_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """Split ``name:key=value,key=value`` (how recipe configs name a world with options).
+
+    >>> parse_task_spec("countdown:n_numbers=3,number_max=9")
+    ('countdown', {'n_numbers': '3', 'number_max': '9'})
+    """
+    name, _, rest = spec.partition(":")
+    options: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"task '{spec}': expected name:key=value,key=value (bad part '{item}')")
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
 def get_task(name: str, data: str | None = None, **options: Any) -> Task:
-    """A task by name. Worlds take their config keys as options; file tasks need `data` (a JSONL path)."""
+    """A task by name. Worlds take their config keys as options; file tasks need `data` (a JSONL path).
+
+    `name` may carry the options itself, ``countdown:n_numbers=3,number_max=9``
+    (what the `task` key of a recipe config holds).
+    """
+    if ":" in name:
+        name, spec_options = parse_task_spec(name)
+        options = {**spec_options, **options}
     if name == "arith":
         return ArithTask(from_dict(ArithConfig, options, source="arith options"))
     if name == "countdown":
@@ -40,5 +63,6 @@ __all__ = [
     "TASKS",
     "Task",
     "get_task",
+    "parse_task_spec",
     "hash_split",
 ]

@@ -15,6 +15,8 @@ combining random numbers, so every one has at least one solution (kept in
 
 from __future__ import annotations
 
+import functools
+import itertools
 import random
 import re
 from collections import Counter
@@ -59,6 +61,24 @@ def _random_solution(rng: random.Random, numbers: list[int], n_ops: int, target_
     if len(steps) < n_ops:
         return None
     return steps
+
+
+@functools.lru_cache(maxsize=200_000)
+def reachable(pool: tuple[int, ...], target: int) -> bool:
+    """Whether `target` is among `pool` or can be made from it with legal operations (sorted `pool`).
+
+    >>> reachable((3, 4, 6), 30), reachable((3, 4, 6), 71)
+    (True, False)
+    """
+    if target in pool:
+        return True
+    for i, j in itertools.combinations(range(len(pool)), 2):
+        x, y = max(pool[i], pool[j]), min(pool[i], pool[j])
+        rest = [v for k, v in enumerate(pool) if k not in (i, j)]
+        for z in {x + y, x - y, x * y, x // y if y and x % y == 0 else -1}:
+            if z >= 0 and reachable(tuple(sorted([*rest, z])), target):
+                return True
+    return False
 
 
 class CountdownTask(WorldTask):
@@ -126,6 +146,44 @@ class CountdownTask(WorldTask):
                 ans = self.extract_answer(step)
                 labels.append(ans is not None and ans == problem.answer and last == int(problem.answer))
         return labels
+
+    def facts(self, n: int, seed: int = 0) -> list[str]:
+        """`n` single operations `a op b=c` as the world's solutions write them (a "pretraining" corpus).
+
+        >>> CountdownTask().facts(3, seed=1)
+        ['12-3=9', '6*9=54', '54-12=42']
+        """
+        cfg = self.config
+        rng = random.Random(f"countdown/facts/{seed}")
+        out: list[str] = []
+        while len(out) < n:
+            numbers = [rng.randint(1, cfg.number_max) for _ in range(cfg.n_numbers)]
+            out.extend(_random_solution(rng, numbers, cfg.n_numbers - 1, cfg.target_max) or [])
+        return out[:n]
+
+    def first_error(self, problem: Problem, steps: list[str]) -> int | None:
+        """Index of the first wrong step, or None: an illegal step, or a legal one that leaves the target unreachable.
+
+        The second kind is what makes countdown a search problem: ``3+4=7`` is a
+        legal first step for ``30 from 3 4 6`` but nothing made from 6 and 7 is 30.
+
+        >>> t = CountdownTask()
+        >>> p = Problem("x", "Q: 30 from 3 4 6\\n", "30", {"numbers": [3, 4, 6], "target": 30})
+        >>> t.first_error(p, ["3+4=7", "7*6=42", "A: 42"]), t.first_error(p, ["4+6=10", "10*3=30", "A: 30"])
+        (0, None)
+        """
+        pool = Counter(problem.meta["numbers"])
+        target = int(problem.answer)
+        for i, (step, ok) in enumerate(zip(steps, self.step_labels(problem, steps))):
+            if not ok:
+                return i
+            m = STEP_RE.match(step)
+            if m:
+                pool -= Counter([int(m.group(1)), int(m.group(3))])
+                pool[int(m.group(4))] += 1
+                if not reachable(tuple(sorted(pool.elements())), target):
+                    return i
+        return None
 
     def is_correct(self, problem: Problem, completion: str) -> bool:
         """Every step is a legal operation and the answer line states the target it reached.
