@@ -28,6 +28,9 @@ def test_verifiers_then_scale_end_to_end(tmp_path, solver_tiny_dir, capsys):
         v = load_verifier(tmp_path / "v" / kind)
         (score,) = v.score_prefixes(["Q: 1+2\n"], [["1+2=3"]])
         assert isinstance(score, float) and v.tokens_scored > 0
+        # a solution with no steps (the generator stopped at once) never beats a real attempt
+        empty, real = v.score_many(["Q: 1+2\n"] * 2, [[], ["1+2=3", "A: 3"]])
+        assert empty < real, (kind, empty, real)
     # a rerun reuses everything
     assert run_verifiers(cfg, tmp_path / "v", log=lambda s: None)["verifiers"]["orm"] == res["verifiers"]["orm"]
 

@@ -17,8 +17,12 @@ from collections.abc import Sequence
 STEP_AGGREGATES = ("min", "last", "product", "mean")
 
 
-def aggregate_steps(step_scores: Sequence[float], how: str) -> float:
+def aggregate_steps(step_scores: Sequence[float], how: str, empty: float | None = None) -> float:
     """One score from the per-step scores of a solution (higher is better).
+
+    A solution with no steps (the generator stopped at once) scores `empty`,
+    which verifiers set to the lowest score of their kind, so best-of-N never
+    picks it over a real attempt; with `empty=None` it is an error.
 
     "product" treats the scores as probabilities that each step is right, so it
     assumes they lie in [0, 1]; on raw logits or log-ratios it is meaningless
@@ -26,13 +30,15 @@ def aggregate_steps(step_scores: Sequence[float], how: str) -> float:
 
     >>> [aggregate_steps([0.5, 0.25, 0.75], how) for how in STEP_AGGREGATES]
     [0.25, 0.75, 0.09375, 0.5]
-    >>> aggregate_steps([0.9], "product")
-    0.9
+    >>> aggregate_steps([0.9], "product"), aggregate_steps([], "min", empty=0.0)
+    (0.9, 0.0)
     """
     if how not in STEP_AGGREGATES:
         raise ValueError(f"unknown step aggregate '{how}', expected one of {', '.join(STEP_AGGREGATES)}")
     if not step_scores:
-        raise ValueError("aggregate_steps needs at least one step score")
+        if empty is None:
+            raise ValueError("aggregate_steps needs at least one step score")
+        return empty
     if how == "min":
         return float(min(step_scores))
     if how == "last":

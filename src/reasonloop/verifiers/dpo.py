@@ -159,10 +159,12 @@ class DpoVerifier:
         return out
 
     def score(self, problem: Problem, steps: list[str]) -> float:
-        return self.score_completions([problem.prompt], [join_steps(steps, self.delimiter)])[0]
+        return self.score_many([problem.prompt], [steps])[0]
 
     def score_many(self, prompts: list[str], solutions: list[list[str]]) -> list[float]:
-        return self.score_completions(prompts, [join_steps(s, self.delimiter) for s in solutions])
+        """The aggregated log-ratio; a solution with no steps scores -inf (it never answers)."""
+        scores = self.score_completions(prompts, [join_steps(s, self.delimiter) for s in solutions])
+        return [sc if steps else -math.inf for sc, steps in zip(scores, solutions)]
 
     def step_scores_many(self, prompts: list[str], solutions: list[list[str]]) -> list[list[float]]:
         """Each step's summed token log-ratio, for many solutions."""
@@ -170,8 +172,8 @@ class DpoVerifier:
         return [self.step_ratios(t, r) for t, r in zip(texts, self.token_ratios(prompts, texts))]
 
     def score_prefixes(self, prompts: list[str], prefixes: list[list[str]]) -> list[float]:
-        """The score of each partial solution as it stands (the implicit reward accumulated so far)."""
-        return self.score_many(prompts, prefixes)
+        """The score of each partial solution as it stands (the implicit reward accumulated so far; 0 at the root)."""
+        return self.score_completions(prompts, [join_steps(s, self.delimiter) for s in prefixes])
 
     @property
     def tokens_scored(self) -> int:

@@ -132,9 +132,14 @@ class GenRMVerifier:
         return [sum(probs[i * self.votes : (i + 1) * self.votes]) / self.votes for i in range(len(prompts))]
 
     def score_many(self, prompts: list[str], solutions: list[list[str]]) -> list[float]:
-        if self.aggregate == "last":  # one verification of the whole solution
-            return self.p_yes(prompts, [join_steps(s, self.delimiter) for s in solutions])
-        return [aggregate_steps(v, self.aggregate) for v in self.step_scores_many(prompts, solutions)]
+        if self.aggregate == "last":  # one verification of the whole solution; an empty one scores 0
+            keep = [i for i, s in enumerate(solutions) if s]
+            probs = self.p_yes([prompts[i] for i in keep], [join_steps(solutions[i], self.delimiter) for i in keep])
+            out = [0.0] * len(solutions)
+            for i, pr in zip(keep, probs):
+                out[i] = pr
+            return out
+        return [aggregate_steps(v, self.aggregate, empty=0.0) for v in self.step_scores_many(prompts, solutions)]
 
     def step_scores_many(self, prompts: list[str], solutions: list[list[str]]) -> list[list[float]]:
         flat_p, flat_s, sizes = [], [], []

@@ -78,10 +78,11 @@ class PavVerifier:
         return self.step_rewards([problem.prompt], [steps])[0]
 
     def score(self, problem: Problem, steps: list[str]) -> float:
-        return aggregate_steps(self.score_steps(problem, steps), self.aggregate)
+        return self.score_many([problem.prompt], [steps])[0]
 
     def score_many(self, prompts: list[str], solutions: list[list[str]]) -> list[float]:
-        return [aggregate_steps(r, self.aggregate) for r in self.step_rewards(prompts, solutions)]
+        # Q_pi lies in [0, 1] and A_mu in [-1, 1]: an empty solution gets the floor, -alpha
+        return [aggregate_steps(r, self.aggregate, empty=-self.alpha) for r in self.step_rewards(prompts, solutions)]
 
     def step_scores_many(self, prompts: list[str], solutions: list[list[str]]) -> list[list[float]]:
         return self.step_rewards(prompts, solutions)

@@ -274,11 +274,11 @@ class ValueVerifier:
         return self.values([problem.prompt], [steps])[0][1:]
 
     def score(self, problem: Problem, steps: list[str]) -> float:
-        return aggregate_steps(self.score_steps(problem, steps), self.aggregate)
+        return aggregate_steps(self.score_steps(problem, steps), self.aggregate, empty=0.0)
 
     def score_many(self, prompts: list[str], solutions: list[list[str]]) -> list[float]:
         """`score` for many solutions at once (batched)."""
-        return [aggregate_steps(v[1:], self.aggregate) for v in self.values(prompts, solutions)]
+        return [aggregate_steps(v[1:], self.aggregate, empty=0.0) for v in self.values(prompts, solutions)]
 
     def step_scores_many(self, prompts: list[str], solutions: list[list[str]]) -> list[list[float]]:
         """The value after each step, for many solutions."""
