@@ -71,6 +71,7 @@ class VerifiersConfig:
     n_train: int = 500  # training problems (train split)
     samples: int = 4  # solutions sampled per training problem
     mc_k: int = 8  # rollouts per step prefix for the PRM / PAV labels
+    mc_all: bool = False  # MC-label every training sample (default: one correct and one incorrect per problem)
     prover_k: int = 4  # the PAV prover is best-of-k of the generator
     alpha: float = 1.0  # PAV: weight of the prover's advantage
     genrm_votes: int = 4  # GenRM: sampled verifications averaged per score
@@ -109,8 +110,8 @@ def train_verifiers(cfg: VerifiersConfig, run: RunDir, bar: BarFactory = no_bar,
     out: dict[str, Path] = {}
     if {"prm", "pav"} & set(kinds):
         chosen, seen = [], set()
-        for s in samples:  # one correct and one incorrect sample per problem, where it has them
-            if (s.problem_id, s.reward == 1.0) not in seen and s.steps:
+        for s in samples:  # one correct and one incorrect sample per problem, where it has them (or all)
+            if s.steps and (cfg.mc_all or (s.problem_id, s.reward == 1.0) not in seen):
                 seen.add((s.problem_id, s.reward == 1.0))
                 chosen.append((by_id[s.problem_id], s.steps))
         mc_file = run.path / "mc_values.json"
