@@ -88,3 +88,25 @@ def test_bad_arguments_are_one_line_errors():
         solve(PROBLEMS[0], TASK, FakeGenerator(), None, "beam", 4)
     with pytest.raises(ValueError, match="budget"):
         solve(PROBLEMS[0], TASK, FakeGenerator(), OracleVerifier(), "beam", 0)
+
+
+def test_weighted_vote_answers_with_its_best_sample_where_a_right_answer_can_hide_a_wrong_solution():
+    from reasonloop.core import Problem
+    from reasonloop.tasks import CountdownTask
+
+    task = CountdownTask()
+    p = Problem("cd", "Q: 24 from 3 4 6 8\n", "24", {"numbers": [3, 4, 6, 8], "target": 24})
+    texts = ["3*8=24\nA: 24", "6*4=25\nA: 24", "4*6=24\nA: 24", "8+6=14\nA: 14"]  # the second states 24 wrongly
+
+    class Fixed:
+        def generate(self, prompts, n, **_):
+            return [[Sample("cd", t, token_ids=[0] * len(t)) for t in texts[:n]] for _ in prompts]
+
+    class Scores:  # prefers the invalid sample a little over the first valid one, the second valid one most
+        tokens_scored = 0
+
+        def score_many(self, prompts, solutions):
+            return [{"3*8=24": 0.5, "6*4=25": 0.6, "4*6=24": 0.9, "8+6=14": 0.1}[s[0]] for s in solutions]
+
+    o = solve(p, task, Fixed(), Scores(), "weighted_vote", 4)
+    assert o.answer == "24" and o.text == texts[2] and task.is_correct(p, o.text)

@@ -39,7 +39,7 @@ from reasonloop.eval.metrics import majority_correct
 from reasonloop.eval.verifier_metrics import auroc, best_threshold, error_step_f1, predicted_first_error
 from reasonloop.models import resolve_model
 from reasonloop.recipes.common import BarFactory, greedy_accuracy, no_bar, sample_to_file, save_line_plot
-from reasonloop.search import best_of_n, weighted_vote
+from reasonloop.search import best_of_n, weighted_vote_pick
 from reasonloop.tasks import get_task
 from reasonloop.verifiers import (
     DpoVerifierConfig,
@@ -217,10 +217,11 @@ def evaluate_verifier(verifier, test, held, steps, labels, truth, N: int) -> dic
         sum(held[i * N + best_of_n(scores[i * N : i * N + n])].reward or 0.0 for i in range(len(test))) / len(test)
         for n in range(1, N + 1)
     ]
-    vote = sum(
-        weighted_vote([s.answer for s in held[i * N : (i + 1) * N]], scores[i * N : (i + 1) * N]) == p.answer
-        for i, p in enumerate(test)
-    ) / len(test)
+    picks = [
+        weighted_vote_pick([s.answer for s in held[i * N : (i + 1) * N]], scores[i * N : (i + 1) * N])
+        for i in range(len(test))
+    ]
+    vote = sum(held[i * N + j].reward or 0.0 for i, j in enumerate(picks)) / len(test)  # the picked sample's grade
     within = [
         auroc(scores[i * N : (i + 1) * N], labels[i * N : (i + 1) * N])
         for i in range(len(test))

@@ -4,7 +4,7 @@ from reasonloop.search.beam import BeamResult, beam_search, generator_expand
 from reasonloop.search.dvts import DvtsResult, dvts
 from reasonloop.search.mcts import MctsResult, mcts
 from reasonloop.search.tot import TotResult, tot_bfs, tot_dfs
-from reasonloop.search.vote import best_of_n, majority_vote, weighted_vote
+from reasonloop.search.vote import best_of_n, majority_vote, weighted_vote, weighted_vote_pick
 
 __all__ = [
     "BeamResult",
@@ -20,4 +20,5 @@ __all__ = [
     "tot_bfs",
     "tot_dfs",
     "weighted_vote",
+    "weighted_vote_pick",
 ]

@@ -40,7 +40,7 @@ from reasonloop.search.beam import beam_search, generator_expand
 from reasonloop.search.dvts import dvts
 from reasonloop.search.mcts import mcts
 from reasonloop.search.tot import tot_bfs, tot_dfs
-from reasonloop.search.vote import best_of_n, majority_vote, weighted_vote
+from reasonloop.search.vote import best_of_n, majority_vote, weighted_vote_pick
 
 STRATEGIES = ("majority", "best_of_n", "weighted_vote", "beam", "dvts", "mcts", "tot_bfs", "tot_dfs")
 SAMPLING = ("majority", "best_of_n", "weighted_vote")  # whole solutions; these batch across problems
@@ -159,7 +159,6 @@ def solve_sampling(
             i = best_of_n(sc)
             results.append(Outcome(answers[i], samples[i].text, tokens, v_tokens, kept=list(zip(answers, sc))))
         else:
-            answer = weighted_vote(answers, sc)
-            text = max((s.text for s, a in zip(samples, answers) if a == answer), key=len, default=samples[0].text)
-            results.append(Outcome(answer, text, tokens, v_tokens, kept=list(zip(answers, sc))))
+            i = weighted_vote_pick(answers, sc)
+            results.append(Outcome(answers[i], samples[i].text, tokens, v_tokens, kept=list(zip(answers, sc))))
     return results

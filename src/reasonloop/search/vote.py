@@ -47,3 +47,19 @@ def best_of_n(scores: Sequence[float]) -> int:
     if not scores:
         raise ValueError("best_of_n needs at least one sample")
     return max(range(len(scores)), key=lambda i: scores[i])
+
+
+def weighted_vote_pick(answers: Sequence[str | None], scores: Sequence[float]) -> int:
+    """Index of the sample a weighted vote answers with: the top-scored sample among those with the winning answer.
+
+    Where a right answer can come with a wrong solution (countdown states the
+    target whether or not its steps reach it), the vote is only as good as the
+    sample it picks; the first sample if none has an answer.
+
+    >>> weighted_vote_pick(["3", "4", "4"], [0.9, 0.3, 0.4]), weighted_vote_pick(["3", "4", "4"], [0.5, 0.3, 0.4])
+    (0, 2)
+    """
+    answer = weighted_vote(answers, scores)
+    if answer is None:
+        return 0
+    return max((i for i, a in enumerate(answers) if a == answer), key=lambda i: scores[i])
