@@ -228,9 +228,10 @@ def _report(run: RunDir, cfg: ScaleConfig, res: dict[str, Any]) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("generator tokens per problem (log scale)")
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title(f"{cfg.task}: accuracy vs compute (mean over {len(cfg.seed_list)} seeds, min-max shaded)")
+    title = f"{cfg.task}\naccuracy vs compute (mean over {len(cfg.seed_list)} seeds, min-max shaded)"
+    ax.set_title(title, fontsize=10)  # a world with options makes a long first line
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=9)
     (run.path / "plots").mkdir(exist_ok=True)
     fig.tight_layout()
     fig.savefig(run.path / "plots" / "accuracy_vs_tokens.png", dpi=120)
