@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+import yaml
 
 from reasonloop.core import (
     ConfigError,
@@ -80,6 +81,11 @@ def test_rundir_refuses_a_different_config(tmp_path):
     run.save_config({"a": 1})
     with pytest.raises(ConfigError, match=r"different config \(keys \['a'\]\)"):
         run.save_config({"a": 2})
+    # an option added by a newer version resumes the run when left at its default, and is then recorded
+    run.save_config({"a": 1, "b": False}, defaults={"b": False})
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()) == {"a": 1, "b": False}
+    with pytest.raises(ConfigError, match=r"keys \['c'\]"):
+        run.save_config({"a": 1, "b": False, "c": True}, defaults={"c": False})
     run.update_state(round=1)
     assert run.state == {"round": 1}
     run.log_metrics(step=1, loss=0.5)

@@ -1,6 +1,6 @@
 """Layer 1: problems, samples, steps, run directories, atomic JSONL, seeding, the Generator protocol."""
 
-from reasonloop.core.config import from_dict, load_config, to_dict
+from reasonloop.core.config import defaults_of, from_dict, load_config, to_dict
 from reasonloop.core.generator import Generator, TokenCounts
 from reasonloop.core.jsonl import JsonlWriter, atomic_write_json, atomic_write_text, read_jsonl, repair_jsonl
 from reasonloop.core.rundir import RunDir
@@ -35,5 +35,6 @@ __all__ = [
     "seed_everything",
     "set_threads",
     "split_steps",
+    "defaults_of",
     "to_dict",
 ]

@@ -115,6 +115,15 @@ def load_config(
     return from_dict(cls, data, source=source)
 
 
+def defaults_of(cls: type) -> dict[str, Any]:
+    """The default of every field of the dataclass `cls` that has one (what `RunDir.save_config` compares to)."""
+    return {
+        f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+        for f in dataclasses.fields(cls)
+        if f.default is not dataclasses.MISSING
+    }
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -32,18 +32,25 @@ class RunDir:
             (self.path / sub).mkdir(exist_ok=True)
 
     # --- config ---------------------------------------------------------------
-    def save_config(self, config: dict[str, Any]) -> None:
-        """Record the config; a rerun with a different config is refused (it would mix two runs)."""
+    def save_config(self, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+        """Record the config; a rerun with a different config is refused (it would mix two runs).
+
+        A key the recorded config lacks is accepted when the rerun leaves it at
+        its default (`defaults`): a newer version added an option, and the run
+        was made with the behaviour that default keeps. The record gains the key.
+        """
         cfg_path = self.path / "config.yaml"
         if cfg_path.exists():
             old = yaml.safe_load(cfg_path.read_text()) or {}
-            if old != config:
-                changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            added = {k for k in set(config) - set(old) if defaults and k in defaults and config[k] == defaults[k]}
+            changed = sorted(k for k in (set(old) | set(config)) - added if old.get(k) != config.get(k))
+            if changed:
                 raise ConfigError(
                     f"{cfg_path}: run was started with a different config (keys {changed}); "
                     "use a new run directory or restore the original config"
                 )
-            return
+            if not added:
+                return
         atomic_write_text(cfg_path, yaml.safe_dump(config, sort_keys=True))
 
     # --- state ----------------------------------------------------------------

@@ -10,7 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reasonloop.core import JsonlWriter, Problem, RunDir, Sample, read_jsonl, repair_jsonl, seed_everything, to_dict
+from reasonloop.core import (
+    JsonlWriter,
+    Problem,
+    RunDir,
+    Sample,
+    defaults_of,
+    read_jsonl,
+    repair_jsonl,
+    seed_everything,
+    to_dict,
+)
 from reasonloop.engine import HFEngine
 from reasonloop.eval import grade
 from reasonloop.models import load_model, resolve_model, save_model
@@ -129,7 +139,7 @@ def start_run(cfg: Any, run_dir: str | Path) -> RunSetup:
     `cfg` needs `task`, `n_train`, `n_eval`, `model` and `seed`.
     """
     run = RunDir(run_dir)
-    run.save_config(to_dict(cfg))
+    run.save_config(to_dict(cfg), defaults_of(type(cfg)))
     seed_everything(cfg.seed)
     task, train, test = draw_problems(cfg)
     return RunSetup(run, task, train, test, {p.id: p for p in train}, resolve_model(cfg.model))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reasonloop.core import JsonlWriter, RunDir, atomic_write_json, atomic_write_text, read_jsonl, to_dict
+from reasonloop.core import JsonlWriter, RunDir, atomic_write_json, atomic_write_text, defaults_of, read_jsonl, to_dict
 from reasonloop.core.jsonl import repair_jsonl
 from reasonloop.engine import HFEngine
 from reasonloop.models import resolve_model
@@ -167,7 +167,7 @@ def run_scale(cfg: ScaleConfig, run_dir: str | Path, bar: BarFactory = no_bar, l
     from reasonloop.verifiers.registry import load_verifier
 
     run = RunDir(run_dir)
-    run.save_config(to_dict(cfg))
+    run.save_config(to_dict(cfg), defaults_of(type(cfg)))
     task = get_task(cfg.task)
     problems = task.problems("test", cfg.n_eval, seed=0)
     engine = HFEngine.from_pretrained(resolve_model(cfg.model))

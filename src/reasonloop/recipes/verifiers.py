@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reasonloop.core import RunDir, atomic_write_json, atomic_write_text, split_steps, to_dict
+from reasonloop.core import RunDir, atomic_write_json, atomic_write_text, defaults_of, split_steps, to_dict
 from reasonloop.engine import HFEngine
 from reasonloop.eval.metrics import majority_correct
 from reasonloop.eval.verifier_metrics import auroc, best_threshold, error_step_f1, predicted_first_error
@@ -171,7 +171,7 @@ def train_verifiers(cfg: VerifiersConfig, run: RunDir, bar: BarFactory = no_bar,
 def run_verifiers(cfg: VerifiersConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=print) -> dict[str, Any]:
     """Train the verifiers, compare them on held-out samples, write `results.json`, `report.md` and a plot."""
     run = RunDir(run_dir)
-    run.save_config(to_dict(cfg))
+    run.save_config(to_dict(cfg), defaults_of(type(cfg)))
     dirs = train_verifiers(cfg, run, bar, log)
     task = get_task(cfg.task)
     engine = HFEngine.from_pretrained(resolve_model(cfg.generator))

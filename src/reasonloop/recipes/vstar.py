@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from reasonloop.core import RunDir, Sample, atomic_write_json, atomic_write_text, read_jsonl, to_dict
+from reasonloop.core import RunDir, Sample, atomic_write_json, atomic_write_text, defaults_of, read_jsonl, to_dict
 from reasonloop.engine import HFEngine
 from reasonloop.eval.metrics import majority_correct
 from reasonloop.eval.verifier_metrics import auroc
@@ -65,7 +65,7 @@ def _star_part(cfg: VStarConfig) -> StarConfig:
 
 def run_vstar(cfg: VStarConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=print) -> dict[str, Any]:
     run = RunDir(run_dir)
-    run.save_config(to_dict(cfg))
+    run.save_config(to_dict(cfg), defaults_of(type(cfg)))
     star_dir = run.path / "star"
     star = run_star(_star_part(cfg), star_dir, bar=bar, log=log)
     task, train_problems, test_problems = draw_problems(cfg)
