@@ -52,10 +52,12 @@ def test_init_builds_a_countdown_base(tmp_path):
     assert training["world"]["n_numbers"] == 3 and training["config"]["task"].startswith("countdown:")
 
 
-def test_init_refuses_a_file_task(tmp_path, capsys):
+def test_init_refuses_a_file_task_or_a_typo_in_the_world(tmp_path, capsys):
     assert main(["init", "--out", str(tmp_path / "x"), "--set", "task=gsm8k"]) != 0
     assert "built-in world" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists()
+    assert main(["init", "--out", str(tmp_path / "x"), "--set", "task=countdown:n_number=3"]) != 0
+    assert "unknown key 'n_number' (did you mean 'n_numbers'?)" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not list(tmp_path.iterdir())
 
 
 def test_eval_writes_json(built, tmp_path):

@@ -61,7 +61,7 @@ class NanoConfig:
     lr: float = 3e-3  # peak learning rate (cosine decay to 10%)
     warmup: int = 30  # linear warm-up steps
     n_seed_solutions: int = 400  # size of the seed set P of worked solutions
-    seed_max_ops: int = 4  # the seed set only holds chains this short
+    seed_max_ops: int = 4  # arith: the seed set only holds chains this short
     seed_fraction: float = 0.5  # share of training documents that are worked solutions
     hint_fraction: float = 0.25  # share of worked solutions shown with the answer as a hint (for rationalisation)
     facts_per_doc: int = 8  # operations per "pretraining" document
@@ -72,10 +72,11 @@ class NanoConfig:
     task: str = "arith"  # the world, with options: "arith", "countdown:n_numbers=3,number_max=9"
 
     def __post_init__(self) -> None:
-        from reasonloop.tasks import parse_task_spec
+        from reasonloop.tasks import get_task, parse_task_spec
 
         if parse_task_spec(self.task)[0] not in ("arith", "countdown"):
             raise ValueError(f"task must be a built-in world (arith or countdown), not {self.task!r}")
+        get_task(self.task)  # a typo in the world's options fails here, before anything is built
 
 
 def build_tokenizer():
