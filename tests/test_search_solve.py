@@ -110,3 +110,12 @@ def test_weighted_vote_answers_with_its_best_sample_where_a_right_answer_can_hid
 
     o = solve(p, task, Fixed(), Scores(), "weighted_vote", 4)
     assert o.answer == "24" and o.text == texts[2] and task.is_correct(p, o.text)
+
+
+def test_beam_lookahead_rolls_candidates_forward_and_pays_for_it():
+    gen, verifier = FakeGenerator(), OracleVerifier()
+    p = PROBLEMS[0]
+    plain = solve(p, TASK, gen, verifier, "beam", 8)
+    ahead = solve(p, TASK, gen, verifier, "beam", 8, lookahead=2)
+    assert ahead.answer == p.answer and TASK.is_correct(p, ahead.text)
+    assert ahead.generator_tokens > plain.generator_tokens and ahead.verifier_tokens >= plain.verifier_tokens

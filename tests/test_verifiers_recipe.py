@@ -68,6 +68,8 @@ def test_scale_config_errors_name_the_problem():
         ScaleConfig(strategies="majority,astar")
     with pytest.raises(ValueError, match="does not define"):
         ScaleConfig(verifier="orm=/x", strategies="beam@pav")
+    with pytest.raises(ValueError, match="lookahead"):
+        ScaleConfig(verifier="/a", strategies="beam", lookahead=-1)
     two = ScaleConfig(verifier="orm=/a,pav=/b", strategies="majority,best_of_n@orm,beam@pav")
     assert two.strategy_specs == [
         ("majority", "majority", None),

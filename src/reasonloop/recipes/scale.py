@@ -45,8 +45,11 @@ class ScaleConfig:
     temperature: float = 1.0  # sampling temperature
     max_new_tokens: int = 96  # per sample (whole solutions) or per step (tree searches)
     max_depth: int = 12  # most steps in a tree search
+    lookahead: int = 0  # beam search: rank each candidate by the verifier's value this many sampled steps ahead
 
     def __post_init__(self) -> None:
+        if self.lookahead < 0:
+            raise ValueError("lookahead must be at least 0")
         specs = self.strategy_specs
         bad = [label for label, strategy, _ in specs if strategy not in STRATEGIES]
         if bad or not specs:
@@ -106,12 +109,13 @@ class SearchConfig:
     temperature: float = 1.0
     max_new_tokens: int = 96
     max_depth: int = 12
+    lookahead: int = 0  # beam search: rank each candidate by the verifier's value this many sampled steps ahead
 
     def as_scale(self) -> ScaleConfig:
         return ScaleConfig(
             model=self.model, verifier=self.verifier, task=self.task, n_eval=self.n_eval, strategies=self.strategy,
             budgets=str(self.budget), seeds=str(self.seed), temperature=self.temperature,
-            max_new_tokens=self.max_new_tokens, max_depth=self.max_depth,
+            max_new_tokens=self.max_new_tokens, max_depth=self.max_depth, lookahead=self.lookahead,
         )  # fmt: skip
 
 
@@ -128,15 +132,15 @@ def _cell(run: RunDir, cfg: ScaleConfig, spec: tuple, budget: int, seed: int, pr
         with bar(len(todo), f"{label} N={budget} seed {seed}") as advance, JsonlWriter(path) as w:
             kw = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
             step = SAMPLING_CHUNK if strategy in SAMPLING else 1
+            index = {p.id: i for i, p in enumerate(problems)}  # a problem's seed does not depend on what is done
             for c in range(0, len(todo), step):
-                chunk, run_seed = todo[c : c + step], seed * 100_003 + budget * 1_009 + c
+                chunk = todo[c : c + step]
+                run_seed = seed * 100_003 + budget * 1_009 + index[chunk[0].id]
                 if strategy in SAMPLING:  # batched across problems: one generator call per chunk
                     outcomes = solve_sampling(chunk, task, engine, verifier, strategy, budget, seed=run_seed, **kw)
                 else:
-                    outcomes = [
-                        solve(p, task, engine, verifier, strategy, budget, max_depth=cfg.max_depth, seed=run_seed, **kw)
-                        for p in chunk
-                    ]
+                    tree_kw = dict(max_depth=cfg.max_depth, lookahead=cfg.lookahead, seed=run_seed)
+                    outcomes = [solve(p, task, engine, verifier, strategy, budget, **tree_kw, **kw) for p in chunk]
                 for p, o in zip(chunk, outcomes):
                     rec = {
                         "problem_id": p.id,

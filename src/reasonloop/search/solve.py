@@ -17,7 +17,7 @@ gives an answer; `Outcome.finished` says whether the search itself finished.
 | strategy | budget N means |
 |---|---|
 | `majority`, `best_of_n`, `weighted_vote` | N complete samples |
-| `beam` | N candidates per depth: beam width N/4 (at least 1), 4 expansions each (N if N < 4) |
+| `beam` | N candidates per depth: beam width N/4 (at least 1), 4 expansions each (N if N < 4); with `lookahead=k` each candidate is ranked by the value k sampled steps ahead (those tokens count) |
 | `dvts` | N candidates per depth split into N/4 independent subtrees of 4 |
 | `mcts` | 4N simulations, 4 children per expanded node (N if N < 4) |
 | `tot_bfs` | keeps N/4 states (at least 1), 4 expansions each |
@@ -70,9 +70,10 @@ def solve(
     temperature: float = 1.0,
     max_new_tokens: int = 96,
     max_depth: int = 12,
+    lookahead: int = 0,
     seed: int = 0,
 ) -> Outcome:
-    """Answer `problem` with `strategy` at `budget`; see the module docstring."""
+    """Answer `problem` with `strategy` at `budget`; see the module docstring (`lookahead`: beam search only)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
     if strategy in NEEDS_VERIFIER and verifier is None:
@@ -95,7 +96,7 @@ def solve(
     k = 4 if budget >= 4 else budget
     width = max(1, budget // 4)
     if strategy == "beam":
-        res = beam_search(expand, score, beam_width=width, expansions=k, max_depth=max_depth)
+        res = beam_search(expand, score, beam_width=width, expansions=k, max_depth=max_depth, lookahead=lookahead)
         kept = [[join_steps(s, delim), v] for s, v in res.kept]
     elif strategy == "dvts":
         res = dvts(expand, score, budget=width * k, beam_width=k, max_depth=max_depth)
