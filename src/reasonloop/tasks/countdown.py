@@ -20,6 +20,7 @@ import itertools
 import random
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from reasonloop.core import Problem, join_steps
@@ -125,10 +126,9 @@ class CountdownTask(WorldTask):
             )
         return out
 
-    def step_labels(self, problem: Problem, steps: list[str]) -> list[bool]:
-        """Validity of each step given the numbers still available before it."""
+    def _replay(self, problem: Problem, steps: list[str]) -> Iterator[tuple[bool, Counter]]:
+        """Each step's validity and the numbers available after it (the same Counter, updated in place)."""
         pool = Counter(problem.meta["numbers"])
-        labels: list[bool] = []
         last: int | None = None
         for step in steps:
             m = STEP_RE.match(step)
@@ -140,12 +140,15 @@ class CountdownTask(WorldTask):
                 if ok:
                     pool -= need
                     pool[c] += 1
-                labels.append(ok)
                 last = c
             else:
                 ans = self.extract_answer(step)
-                labels.append(ans is not None and ans == problem.answer and last == int(problem.answer))
-        return labels
+                ok = ans is not None and ans == problem.answer and last == int(problem.answer)
+            yield ok, pool
+
+    def step_labels(self, problem: Problem, steps: list[str]) -> list[bool]:
+        """Validity of each step given the numbers still available before it."""
+        return [ok for ok, _ in self._replay(problem, steps)]
 
     def facts(self, n: int, seed: int = 0) -> list[str]:
         """`n` single operations `a op b=c` as the world's solutions write them (a "pretraining" corpus).
@@ -172,17 +175,10 @@ class CountdownTask(WorldTask):
         >>> t.first_error(p, ["3+4=7", "7*6=42", "A: 42"]), t.first_error(p, ["4+6=10", "10*3=30", "A: 30"])
         (0, None)
         """
-        pool = Counter(problem.meta["numbers"])
         target = int(problem.answer)
-        for i, (step, ok) in enumerate(zip(steps, self.step_labels(problem, steps))):
-            if not ok:
+        for i, (ok, pool) in enumerate(self._replay(problem, steps)):
+            if not ok or not reachable(tuple(sorted(pool.elements())), target):
                 return i
-            m = STEP_RE.match(step)
-            if m:
-                pool -= Counter([int(m.group(1)), int(m.group(3))])
-                pool[int(m.group(4))] += 1
-                if not reachable(tuple(sorted(pool.elements())), target):
-                    return i
         return None
 
     def is_correct(self, problem: Problem, completion: str) -> bool:
