@@ -34,6 +34,7 @@ import torch
 
 from reasonloop.core import atomic_write_json
 from reasonloop.models.hf import save_model
+from reasonloop.tasks import get_task, parse_task_spec
 from reasonloop.tasks.arith import ArithTask
 from reasonloop.tasks.base import WorldTask
 
@@ -72,8 +73,6 @@ class NanoConfig:
     task: str = "arith"  # the world, with options: "arith", "countdown:n_numbers=3,number_max=9"
 
     def __post_init__(self) -> None:
-        from reasonloop.tasks import get_task, parse_task_spec
-
         if parse_task_spec(self.task)[0] not in ("arith", "countdown"):
             raise ValueError(f"task must be a built-in world (arith or countdown), not {self.task!r}")
         get_task(self.task)  # a typo in the world's options fails here, before anything is built
@@ -118,13 +117,6 @@ def build_model(cfg: NanoConfig, tokenizer):
     )
     torch.manual_seed(cfg.seed)
     return LlamaForCausalLM(config)
-
-
-def nano_task(cfg: NanoConfig) -> WorldTask:
-    """The world `cfg.task` names."""
-    from reasonloop.tasks import get_task
-
-    return get_task(cfg.task)
 
 
 def seed_set(task: WorldTask, cfg: NanoConfig, hinted: bool = False) -> list[tuple[str, str]]:
@@ -190,7 +182,7 @@ def train_nano(
 ) -> Path:
     """Train the nano base from scratch and save it (model + tokenizer) to `out_dir`."""
     cfg = cfg or NanoConfig()
-    task = task or nano_task(cfg)
+    task = task or get_task(cfg.task)
     tokenizer = build_tokenizer()
     model = build_model(cfg, tokenizer)
     model.train()
