@@ -1,6 +1,6 @@
 """Layer 4: losses as pure functions, batching of (prompt, completion) pairs, one training loop."""
 
-from reasonloop.train.data import Batch, encode_pairs
+from reasonloop.train.data import Batch, encode_pairs, shuffled_batch
 from reasonloop.train.loop import TrainConfig, TrainingError, sft_on_pairs, train_loop
 from reasonloop.train.losses import dpo_loss, sequence_logprobs, sft_loss, token_logprobs
 
@@ -14,5 +14,6 @@ __all__ = [
     "sequence_logprobs",
     "sft_loss",
     "sft_on_pairs",
+    "shuffled_batch",
     "token_logprobs",
 ]

@@ -8,6 +8,8 @@ to the completion by default, so fine-tuning teaches the model to stop.
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import dataclass
 
 import torch
@@ -48,3 +50,17 @@ def encode_pairs(
         attention[r, : len(ids)] = 1
         completion[r, : len(ids)] = torch.tensor(comp)
     return Batch(input_ids, attention, completion)
+
+
+def shuffled_batch(i: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """Indices of batch `i` over `n` items, reshuffled every epoch (deterministic for a seed, so resumes agree).
+
+    >>> [shuffled_batch(i, 5, 2, seed=0) for i in range(3)] == [shuffled_batch(i, 5, 2, seed=0) for i in range(3)]
+    True
+    >>> sorted(sum((shuffled_batch(i, 5, 2, seed=0) for i in range(3)), []))
+    [0, 1, 2, 3, 4]
+    """
+    epoch, k = divmod(i, math.ceil(n / batch_size))
+    order = list(range(n))
+    random.Random(seed * 7919 + epoch).shuffle(order)
+    return order[k * batch_size : (k + 1) * batch_size]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable
@@ -194,18 +193,14 @@ def sft_on_pairs(
 ) -> dict[str, Any]:
     """Supervised fine-tuning on (prompt, completion) pairs, loss on completion tokens only, for `cfg.steps`
     steps, reshuffled every epoch; resumable through `out_dir` like `train_loop`."""
-    from reasonloop.train.data import encode_pairs
+    from reasonloop.train.data import encode_pairs, shuffled_batch
     from reasonloop.train.losses import sft_loss
 
     if not pairs:
         raise ValueError("no training pairs")
-    per_epoch = math.ceil(len(pairs) / batch_size)
 
     def batches(i: int):
-        epoch, k = divmod(i, per_epoch)
-        order = list(range(len(pairs)))
-        random.Random(seed * 7919 + epoch).shuffle(order)
-        chosen = [pairs[j] for j in order[k * batch_size : (k + 1) * batch_size]]
+        chosen = [pairs[j] for j in shuffled_batch(i, len(pairs), batch_size, seed)]
         return encode_pairs(tokenizer, [p for p, _ in chosen], [c for _, c in chosen])
 
     def loss_fn(m, b):

@@ -28,7 +28,7 @@ import torch
 from reasonloop.core import Problem, Sample, join_steps
 from reasonloop.engine import HFEngine
 from reasonloop.models import load_model, save_model
-from reasonloop.train import TrainConfig, dpo_loss, encode_pairs, sequence_logprobs, train_loop
+from reasonloop.train import TrainConfig, dpo_loss, encode_pairs, sequence_logprobs, shuffled_batch, train_loop
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,7 @@ def train_dpo_verifier(
     steps = max(1, math.ceil(cfg.epochs * per_epoch))
 
     def batches(i: int):
-        epoch, k = divmod(i, per_epoch)
-        order = list(range(len(pairs)))
-        random.Random(cfg.seed * 7919 + epoch).shuffle(order)
-        chosen = [pairs[j] for j in order[k * cfg.batch_size : (k + 1) * cfg.batch_size]]
+        chosen = [pairs[j] for j in shuffled_batch(i, len(pairs), cfg.batch_size, cfg.seed)]
         # [chosen..., rejected...] for the same prompts, as DPO trainers lay them out
         return encode_pairs(
             tokenizer, [p for p, _, _ in chosen] * 2, [c for _, c, _ in chosen] + [r for _, _, r in chosen]

@@ -20,7 +20,6 @@ binary cross-entropy (soft targets allowed) at those positions.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 from reasonloop.core import Problem, Sample, join_steps, split_steps
 from reasonloop.models import ValueHeadModel
-from reasonloop.train import TrainConfig, train_loop
+from reasonloop.train import TrainConfig, shuffled_batch, train_loop
 from reasonloop.verifiers.aggregate import STEP_AGGREGATES, aggregate_steps
 
 
@@ -162,10 +161,7 @@ def _fit(start: str | Path, out_dir: str | Path, n: int, make_batch, loss_fn, cf
     steps = max(1, math.ceil(cfg.epochs * per_epoch))
 
     def batches(i: int):
-        epoch, b = divmod(i, per_epoch)
-        order = list(range(n))
-        random.Random(cfg.seed * 7919 + epoch).shuffle(order)
-        return make_batch(model.tokenizer, order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
+        return make_batch(model.tokenizer, shuffled_batch(i, n, cfg.batch_size, cfg.seed))
 
     tcfg = TrainConfig(steps=steps, lr=cfg.lr, warmup=max(1, steps // 20), save_every=max(1, steps // 5), seed=cfg.seed)
     train_loop(model, model.tokenizer, batches, loss_fn, tcfg, out_dir=out / "train")
