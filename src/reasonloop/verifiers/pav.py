@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from reasonloop.core import Problem
 from reasonloop.verifiers.aggregate import STEP_AGGREGATES, aggregate_steps
-from reasonloop.verifiers.value import StepExample, ValueVerifier
+from reasonloop.verifiers.value import StepExample, ValueVerifier, prm_examples
 
 
 def best_of_k_values(values: Sequence[float], k: int) -> list[float]:
@@ -53,12 +53,7 @@ def pav_examples(
     items: Sequence[tuple[Problem, list[str]]], values: Sequence[list[float]], k: int = 4
 ) -> tuple[list[StepExample], list[StepExample]]:
     """Training data for the base value head (Q_pi) and the prover value head (Q_mu, best-of-k)."""
-    base, prover = [], []
-    for (p, steps), v in zip(items, values):
-        q_mu = best_of_k_values(v, k)
-        base.append(StepExample(p.prompt, steps, list(v[1:]), start=v[0]))
-        prover.append(StepExample(p.prompt, steps, q_mu[1:], start=q_mu[0]))
-    return base, prover
+    return prm_examples(items, values), prm_examples(items, [best_of_k_values(v, k) for v in values])
 
 
 class PavVerifier:
