@@ -70,15 +70,8 @@ def beam_search(
     for _ in range(max_depth):
         if not beams:
             break
-        candidates: list[tuple[list[str], bool]] = []
-        seen: set[tuple[str, ...]] = set()
-        for prefix, options in zip(beams, expand(beams, expansions)):
-            for step, final, spent in options:
-                tokens += spent
-                path = prefix + [step]
-                if tuple(path) not in seen:  # identical expansions are one candidate
-                    seen.add(tuple(path))
-                    candidates.append((path, final))
+        candidates, spent = expand_unique(expand, beams, expansions)
+        tokens += spent
         if not candidates:
             break
         scored = [p for p, _ in candidates]
@@ -104,6 +97,26 @@ def beam_search(
         steps, value = max(finished, key=lambda pv: pv[1])
         return BeamResult(steps, value, True, finished, tokens, calls)
     return BeamResult(best_partial[0], best_partial[1], False, finished, tokens, calls)
+
+
+def expand_unique(expand: Expand, frontier: list[list[str]], k: int) -> tuple[list[tuple[list[str], bool]], int]:
+    """`k` expansions of each partial solution as `(path, is_final)`, identical paths once; and the tokens spent.
+
+    >>> expand = lambda ps, k: [[("x", False, 2), ("x", False, 2), ("y", True, 1)] for p in ps]
+    >>> expand_unique(expand, [["a"]], 3)
+    ([(['a', 'x'], False), (['a', 'y'], True)], 5)
+    """
+    candidates: list[tuple[list[str], bool]] = []
+    seen: set[tuple[str, ...]] = set()
+    tokens = 0
+    for prefix, options in zip(frontier, expand(frontier, k)):
+        for step, final, spent in options:
+            tokens += spent
+            path = prefix + [step]
+            if tuple(path) not in seen:
+                seen.add(tuple(path))
+                candidates.append((path, final))
+    return candidates, tokens
 
 
 def _roll_forward(expand: Expand, paths: list[tuple[list[str], bool]], steps: int) -> tuple[list[list[str]], int]:

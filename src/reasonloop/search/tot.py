@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reasonloop.search.beam import Expand, Score
+from reasonloop.search.beam import Expand, Score, expand_unique
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,8 @@ def tot_bfs(
     for _ in range(max_depth):
         if not frontier:
             break
-        candidates: list[tuple[list[str], bool]] = []
-        seen: set[tuple[str, ...]] = set()
-        for prefix, options in zip(frontier, expand(frontier, expansions)):
-            for step, final, spent in options:
-                tokens += spent
-                path = prefix + [step]
-                if tuple(path) not in seen:  # identical expansions are one state
-                    seen.add(tuple(path))
-                    candidates.append((path, final))
+        candidates, spent = expand_unique(expand, frontier, expansions)  # identical expansions are one state
+        tokens += spent
         if not candidates:
             break
         values = score([p for p, _ in candidates])
