@@ -59,6 +59,15 @@ def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
     return u / (n_pos * n_neg)
 
 
+def auroc_or_none(scores: Sequence[float], labels: Sequence[int]) -> float | None:
+    """`auroc`, or None when every label is the same (all right or all wrong).
+
+    >>> auroc_or_none([0.1, 0.9], [1, 1]) is None
+    True
+    """
+    return auroc(scores, labels) if 0 < sum(labels) < len(labels) else None
+
+
 def predicted_first_error(step_scores: Sequence[float], threshold: float) -> int | None:
     """A process verifier's guess of the first wrong step: the first step scored below `threshold`,
     None if no step is.

@@ -23,7 +23,9 @@ from reasonloop.core import (
 )
 from reasonloop.engine import HFEngine
 from reasonloop.eval import grade
+from reasonloop.eval.metrics import majority_correct
 from reasonloop.models import load_model, resolve_model, save_model
+from reasonloop.search import best_of_n
 from reasonloop.tasks import Task, get_task
 from reasonloop.train import TrainConfig, sft_on_pairs
 
@@ -98,6 +100,29 @@ def hash_id(text: str) -> int:
 def greedy_accuracy(engine: HFEngine, task: Task, problems: list[Problem], max_new_tokens: int) -> float:
     out = engine.generate([p.prompt for p in problems], 1, temperature=0.0, max_new_tokens=max_new_tokens)
     return sum(task.is_correct(p, s[0].text) for p, s in zip(problems, out)) / len(problems)
+
+
+def majority_curve(problems: list[Problem], held: list[Sample], N: int) -> list[float]:
+    """Majority-vote accuracy over the first n of each problem's N samples (`held` problem-major), n = 1..N;
+    the vote earns the grade of a sample with the winning answer."""
+    return [
+        sum(
+            majority_correct([s.answer for s in ss], p.answer, [s.reward for s in ss])
+            for i, p in enumerate(problems)
+            for ss in [held[i * N : i * N + n]]
+        )
+        / len(problems)
+        for n in range(1, N + 1)
+    ]
+
+
+def best_of_n_curve(problems: list[Problem], held: list[Sample], scores: list[float], N: int) -> list[float]:
+    """Accuracy of the top-scored of the first n of each problem's N samples, n = 1..N."""
+    return [
+        sum(held[i * N + best_of_n(scores[i * N : i * N + n])].reward or 0.0 for i in range(len(problems)))
+        / len(problems)
+        for n in range(1, N + 1)
+    ]
 
 
 def finetune(

@@ -35,11 +35,18 @@ from typing import Any
 
 from reasonloop.core import RunDir, atomic_write_json, atomic_write_text, defaults_of, split_steps, to_dict
 from reasonloop.engine import HFEngine
-from reasonloop.eval.metrics import majority_correct
-from reasonloop.eval.verifier_metrics import auroc, best_threshold, error_step_f1, predicted_first_error
+from reasonloop.eval.verifier_metrics import auroc, auroc_or_none, best_threshold, error_step_f1, predicted_first_error
 from reasonloop.models import resolve_model
-from reasonloop.recipes.common import BarFactory, greedy_accuracy, no_bar, sample_to_file, save_line_plot
-from reasonloop.search import best_of_n, weighted_vote_pick
+from reasonloop.recipes.common import (
+    BarFactory,
+    best_of_n_curve,
+    greedy_accuracy,
+    majority_curve,
+    no_bar,
+    sample_to_file,
+    save_line_plot,
+)
+from reasonloop.search import weighted_vote_pick
 from reasonloop.tasks import get_task
 from reasonloop.verifiers import (
     DpoVerifierConfig,
@@ -94,11 +101,11 @@ class VerifiersConfig:
         return [k.strip() for k in self.kinds.split(",") if k.strip()]
 
 
-def train_verifiers(cfg: VerifiersConfig, run: RunDir, bar: BarFactory = no_bar, log=print) -> dict[str, Path]:
-    """Steps 1-3 of the module docstring; returns each kind's directory (with its manifest)."""
-    task = get_task(cfg.task)
+def train_verifiers(
+    cfg: VerifiersConfig, run: RunDir, engine: HFEngine, task, bar: BarFactory = no_bar, log=print
+) -> dict[str, Path]:
+    """Steps 1-3 of the module docstring (`engine` serves `cfg.generator`); each kind's directory, with its manifest."""
     gen = resolve_model(cfg.generator)
-    engine = HFEngine.from_pretrained(gen)
     train = task.problems("train", cfg.n_train, seed=cfg.seed + 100)
     kw = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, bar=bar)
     samples = sample_to_file(
@@ -172,9 +179,9 @@ def run_verifiers(cfg: VerifiersConfig, run_dir: str | Path, bar: BarFactory = n
     """Train the verifiers, compare them on held-out samples, write `results.json`, `report.md` and a plot."""
     run = RunDir(run_dir)
     run.save_config(to_dict(cfg), defaults_of(type(cfg)))
-    dirs = train_verifiers(cfg, run, bar, log)
     task = get_task(cfg.task)
     engine = HFEngine.from_pretrained(resolve_model(cfg.generator))
+    dirs = train_verifiers(cfg, run, engine, task, bar, log)
     test = task.problems("test", cfg.n_eval, seed=cfg.seed)
     N = cfg.best_of
     held = sample_to_file(
@@ -191,16 +198,7 @@ def run_verifiers(cfg: VerifiersConfig, run_dir: str | Path, bar: BarFactory = n
     res = {
         "greedy_accuracy": greedy_accuracy(engine, task, test, cfg.max_new_tokens),
         "pass@1": sum(labels) / len(labels),
-        "majority_vote": [
-            sum(
-                majority_correct(
-                    [s.answer for s in held[i * N : i * N + n]], p.answer, [s.reward for s in held[i * N : i * N + n]]
-                )
-                for i, p in enumerate(test)
-            )
-            / len(test)
-            for n in range(1, N + 1)
-        ],
+        "majority_vote": majority_curve(test, held, N),
         "verifiers": results,
     }
     atomic_write_json(run.path / "results.json", res)
@@ -213,10 +211,7 @@ def evaluate_verifier(verifier, test, held, steps, labels, truth, N: int) -> dic
     prompts = [p.prompt for p in test for _ in range(N)]
     step_scores = verifier.step_scores_many(prompts, steps)
     scores = verifier.score_many(prompts, steps)
-    best = [
-        sum(held[i * N + best_of_n(scores[i * N : i * N + n])].reward or 0.0 for i in range(len(test))) / len(test)
-        for n in range(1, N + 1)
-    ]
+    best = best_of_n_curve(test, held, scores, N)
     picks = [
         weighted_vote_pick([s.answer for s in held[i * N : (i + 1) * N]], scores[i * N : (i + 1) * N])
         for i in range(len(test))
@@ -236,7 +231,7 @@ def evaluate_verifier(verifier, test, held, steps, labels, truth, N: int) -> dic
         thr = best_threshold([step_scores[j] for j in cal], [truth[j] for j in cal])
         f1 = error_step_f1([predicted_first_error(step_scores[j], thr) for j in ev], [truth[j] for j in ev])
     return {
-        "auroc": auroc(scores, labels) if 0 < sum(labels) < len(labels) else None,
+        "auroc": auroc_or_none(scores, labels),
         "auroc_within_problem": sum(within) / len(within) if within else None,
         "best_of_n": best,
         f"weighted_vote@{N}": vote,

@@ -25,12 +25,19 @@ from typing import Any
 
 from reasonloop.core import RunDir, Sample, atomic_write_json, atomic_write_text, defaults_of, read_jsonl, to_dict
 from reasonloop.engine import HFEngine
-from reasonloop.eval.metrics import majority_correct
-from reasonloop.eval.verifier_metrics import auroc
+from reasonloop.eval.verifier_metrics import auroc_or_none
 from reasonloop.models import resolve_model
-from reasonloop.recipes.common import BarFactory, draw_problems, greedy_accuracy, no_bar, sample_to_file, save_line_plot
+from reasonloop.recipes.common import (
+    BarFactory,
+    best_of_n_curve,
+    draw_problems,
+    greedy_accuracy,
+    majority_curve,
+    no_bar,
+    sample_to_file,
+    save_line_plot,
+)
 from reasonloop.recipes.star import StarConfig, run_star
-from reasonloop.search import best_of_n
 from reasonloop.verifiers import DpoVerifier, DpoVerifierConfig, preference_pairs, train_dpo_verifier
 from reasonloop.verifiers.dpo import AGGREGATES
 
@@ -102,22 +109,17 @@ def run_vstar(cfg: VStarConfig, run_dir: str | Path, bar: BarFactory = no_bar, l
         [p.prompt for p in test_problems for _ in range(cfg.best_of)], [s.text for s in held]
     )
     N = cfg.best_of
-    curves: dict[str, list[float]] = {"majority_vote": [], "verifier_best_of_n": []}
-    for n in range(1, N + 1):
-        vote = best = 0.0
-        for i, p in enumerate(test_problems):
-            ss, sc = held[i * N : i * N + n], scores[i * N : i * N + n]
-            vote += majority_correct([s.answer for s in ss], p.answer, [s.reward for s in ss])
-            best += ss[best_of_n(sc)].reward or 0.0
-        curves["majority_vote"].append(vote / len(test_problems))
-        curves["verifier_best_of_n"].append(best / len(test_problems))
+    curves = {
+        "majority_vote": majority_curve(test_problems, held, N),
+        "verifier_best_of_n": best_of_n_curve(test_problems, held, scores, N),
+    }
     result = {
         "base_accuracy": star["base_accuracy"],
         "greedy_accuracy": greedy_accuracy(engine, task, test_problems, cfg.max_new_tokens),
         f"maj@{N}": curves["majority_vote"][-1],
         f"verifier_best_of_{N}": curves["verifier_best_of_n"][-1],
         "curves": curves,
-        "verifier_auroc": _auroc_or_none(scores, [s.reward == 1.0 for s in held]),
+        "verifier_auroc": auroc_or_none(scores, [s.reward == 1.0 for s in held]),
         "pairs": len(pairs),
         "star_rounds": star["rounds"],
     }
@@ -128,11 +130,6 @@ def run_vstar(cfg: VStarConfig, run_dir: str | Path, bar: BarFactory = no_bar, l
         f"verifier best-of-{N} {100 * result[f'verifier_best_of_{N}']:.1f}%"
     )
     return result
-
-
-def _auroc_or_none(scores: list[float], labels: list[bool]) -> float | None:
-    """AUROC of the verifier on the held-out samples; None when they are all right or all wrong."""
-    return auroc(scores, labels) if 0 < sum(labels) < len(labels) else None
 
 
 def _report(run: RunDir, cfg: VStarConfig, res: dict[str, Any]) -> None:
