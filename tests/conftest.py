@@ -55,7 +55,7 @@ def tiny_model_dir(request, tmp_path_factory, char_tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def trained_tiny_dir(tmp_path_factory) -> Path:
     """A tiny nano model trained for a few steps through the real `init` code path."""
-    from reasonloop.models.nano import NanoConfig, train_nano
+    from reasonloop.recipes.nano import NanoConfig, train_nano
 
     path = tmp_path_factory.mktemp("nano-tiny") / "model"
     cfg = NanoConfig(

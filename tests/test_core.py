@@ -16,7 +16,7 @@ from reasonloop.core import (
     read_jsonl,
     split_steps,
 )
-from reasonloop.models.nano import NanoConfig
+from reasonloop.recipes.nano import NanoConfig
 
 
 def test_jsonl_roundtrip(tmp_path):

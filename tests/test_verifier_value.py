@@ -47,7 +47,7 @@ def test_mc_values_match_known_success_rates_and_share_prefixes():
     rates = [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     gen = FakeRollouts(TASK, rates)
     items = [(p, TASK.steps(p.meta["solution"])) for p in PROBLEMS]
-    values = mc_step_values(gen, TASK, items, k=8)
+    values = mc_step_values(gen, TASK.grade, items, k=8)
     for (_, steps), v in zip(items, values):
         assert len(v) == len(steps) + 1
         assert v[:-1] == rates[: len(steps)]  # prefixes with 0..n-1 steps: the fake's success rates
@@ -55,16 +55,16 @@ def test_mc_values_match_known_success_rates_and_share_prefixes():
     # one generate call; every prefix is one prompt sampled k times (the engine encodes it once)
     ((prompts, n),) = gen.calls
     assert n == 8 and len(prompts) == len(set(prompts)) == sum(len(s) for _, s in items)
-    hard = mc_step_values(gen, TASK, items, k=8, hard=True)
+    hard = mc_step_values(gen, TASK.grade, items, k=8, hard=True)
     assert all(x == 1.0 for v in hard for x in v)  # every rate above 0: some rollout succeeds
     wrong = [(PROBLEMS[0], ["1+1=5", "A: 5"])]
-    assert mc_step_values(gen, TASK, wrong, k=4)[0][-1] == 0.0
+    assert mc_step_values(gen, TASK.grade, wrong, k=4)[0][-1] == 0.0
 
 
 def test_mc_rollouts_reuse_the_prefix_encoding_in_the_engine(solver_tiny_dir):
     engine = HFEngine.from_pretrained(solver_tiny_dir)
     items = [(p, TASK.steps(p.meta["solution"])) for p in PROBLEMS]
-    mc_step_values(engine, TASK, items, k=6, max_new_tokens=24)
+    mc_step_values(engine, TASK.grade, items, k=6, max_new_tokens=24)
     prompts = [p.prompt + "".join(s + "\n" for s in steps[:i]) for p, steps in items for i in range(len(steps))]
     assert engine.counts.prefilled == sum(len(engine.encode(x)) for x in prompts)  # once per prefix, not per rollout
 

@@ -1,4 +1,4 @@
-"""The `reasonloop` command: init, sample, eval, demo, grade, star, rft, vstar, verifiers, search, scale.
+"""The `reasonloop` command: init, sample, eval, demo, grade, star, rft, vstar, verifiers, rl, search, scale.
 
 Errors caused by input (unknown task, missing model path, bad config key,
 malformed JSONL) print one line, ``error: ...``, and exit with status 2.
@@ -76,7 +76,7 @@ def _task_from_args(args: argparse.Namespace):
 def cmd_init(args: argparse.Namespace) -> int:
     from reasonloop.core import load_config, set_threads
     from reasonloop.core.jsonl import atomic_write_json
-    from reasonloop.models.nano import NanoConfig, train_nano
+    from reasonloop.recipes.nano import NanoConfig, train_nano
 
     cfg = load_config(NanoConfig, args.config, args.set)
     out = Path(args.out).expanduser()
@@ -173,9 +173,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample completions to JSONL; rerunning resumes after the last problem fully written."""
-    from reasonloop.core import JsonlWriter, read_jsonl, set_threads
+    from reasonloop.core import JsonlWriter, grade_sample, read_jsonl, set_threads
     from reasonloop.engine import HFEngine
-    from reasonloop.eval import grade
 
     set_threads(args.threads)
     task = _task_from_args(args)
@@ -209,7 +208,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             for p, ss in zip(group, res):
                 for j, s in enumerate(ss[done.get(p.id, 0) :], start=done.get(p.id, 0)):
                     s.meta["sample_index"] = j
-                    w.write(grade(task, p, s).to_dict())
+                    w.write(grade_sample(task.grade, p, s, task.step_delimiter).to_dict())
     _console().print(f"wrote {len(todo) * args.n} samples to {out}")
     return 0
 
@@ -303,6 +302,19 @@ def cmd_star(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rl(args: argparse.Namespace) -> int:
+    """Online RL; rerun the same command to resume."""
+    from reasonloop.recipes import RLConfig, run_rl
+
+    cfg = _recipe_config(args, RLConfig)
+    res = run_rl(cfg, args.run_dir, bar=progress_bar, log=_console().print)
+    _console().print(
+        f"{cfg.algorithm}: held-out greedy accuracy {100 * res['start_accuracy']:.1f}% -> "
+        f"{100 * res['final_accuracy']:.1f}%; policy at {res['model']}; report at {Path(args.run_dir) / 'report.md'}"
+    )
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     """One strategy at one budget on held-out problems; rerun to resume."""
     from reasonloop.recipes.scale import SearchConfig, run_scale
@@ -382,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
             "train ORM, PRM, PAV, Bradley-Terry and DPO verifiers and compare them",
             cmd_verifiers,
         ),
+        ("rl", "RLConfig", "online RL with grader rewards: GRPO, Dr. GRPO, RLOO, REINFORCE++, PPO", cmd_rl),
         ("search", "SearchConfig", "answer held-out problems with one search strategy and verifier", cmd_search),
         ("scale", "ScaleConfig", "strategies x budgets x seeds: accuracy against tokens spent", cmd_scale),
     ):

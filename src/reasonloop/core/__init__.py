@@ -1,7 +1,8 @@
-"""Layer 1: problems, samples, steps, run directories, atomic JSONL, seeding, the Generator protocol."""
+"""Layer 1: problems, samples, steps, grades, run directories, atomic JSONL, seeding, the Generator and Verifier protocols."""
 
 from reasonloop.core.config import defaults_of, from_dict, load_config, to_dict
-from reasonloop.core.generator import Generator, TokenCounts
+from reasonloop.core.generator import Generator, TokenCounts, Verifier
+from reasonloop.core.grading import Grade, Grader, grade_sample, mean_score
 from reasonloop.core.jsonl import JsonlWriter, atomic_write_json, atomic_write_text, read_jsonl, repair_jsonl
 from reasonloop.core.rundir import RunDir
 from reasonloop.core.seeding import seed_everything, set_threads
@@ -19,17 +20,22 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Generator",
+    "Grade",
+    "Grader",
     "JsonlWriter",
     "Problem",
     "ReasonloopError",
     "RunDir",
     "Sample",
     "TokenCounts",
+    "Verifier",
     "atomic_write_json",
     "atomic_write_text",
     "from_dict",
+    "grade_sample",
     "join_steps",
     "load_config",
+    "mean_score",
     "read_jsonl",
     "repair_jsonl",
     "seed_everything",

@@ -1,4 +1,9 @@
-"""Frozen-dataclass configs filled from YAML files and `key=value` overrides, with one-line errors."""
+"""Frozen-dataclass configs filled from YAML files and `key=value` overrides, with one-line errors.
+
+A field whose type is itself a config dataclass is a nested section: a mapping
+in YAML (``critic: {lr: 1e-5}``) or a dotted key on the command line
+(``--set critic.lr=1e-5``), checked key by key like the top level.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +46,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return tuple(out) if origin is tuple else out
     if tp is Any:
         return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping of {tp.__name__} keys, got {value!r}")
+        return from_dict(tp, value, source=f"config key '{key}'")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -111,19 +122,38 @@ def load_config(
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value")
         k, v = item.split("=", 1)
-        data[k.strip()] = yaml.safe_load(v)
+        *sections, leaf = k.strip().split(".")
+        target = data
+        for sec in sections:  # a dotted key sets a field of a nested section
+            if not isinstance(target.get(sec, {}), dict):
+                raise ConfigError(f"override '{item}': '{sec}' is not a section")
+            target = target.setdefault(sec, {})
+        target[leaf] = yaml.safe_load(v)
     return from_dict(cls, data, source=source)
 
 
 def defaults_of(cls: type) -> dict[str, Any]:
-    """The default of every field of the dataclass `cls` that has one (what `RunDir.save_config` compares to)."""
-    return {
-        f.name: list(f.default) if isinstance(f.default, tuple) else f.default
-        for f in dataclasses.fields(cls)
-        if f.default is not dataclasses.MISSING
-    }
+    """The default of every field of the dataclass `cls` that has one (what `RunDir.save_config` compares to);
+    a nested section's default is its own defaults as a mapping."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = _plain(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = _plain(f.default_factory())
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    d = dataclasses.asdict(cfg)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    """The config as plain YAML-friendly values (tuples as lists, nested sections as mappings)."""
+    return _plain(cfg)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

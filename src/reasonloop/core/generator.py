@@ -1,11 +1,11 @@
-"""The `Generator` protocol, declared here so any layer can take a generator without importing the engine."""
+"""The `Generator` and `Verifier` protocols, declared here so any layer can take one without importing its module."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from reasonloop.core.types import Sample
+from reasonloop.core.types import Problem, Sample
 
 
 @dataclass
@@ -57,3 +57,27 @@ class Generator(Protocol):
     ) -> list[list[Sample]]: ...
 
     def logprobs(self, prompts: list[str], completions: list[str]) -> list[list[float]]: ...
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Anything that scores solutions (lists of steps) and their steps: ORM, PRM, PAV, GenRM, DPO verifier.
+
+    `score` is one number for a whole solution (higher is better); `score_steps`
+    one number per step. The batched forms take parallel lists of prompts and
+    solutions; `score_prefixes` scores unfinished solutions (what beam search and
+    MCTS rank). `tokens_scored` counts the tokens read so far, so search and RL
+    report verifier compute next to the generator's.
+    """
+
+    tokens_scored: int
+
+    def score(self, problem: Problem, steps: list[str]) -> float: ...
+
+    def score_steps(self, problem: Problem, steps: list[str]) -> list[float]: ...
+
+    def score_many(self, prompts: list[str], solutions: list[list[str]]) -> list[float]: ...
+
+    def step_scores_many(self, prompts: list[str], solutions: list[list[str]]) -> list[list[float]]: ...
+
+    def score_prefixes(self, prompts: list[str], prefixes: list[list[str]]) -> list[float]: ...

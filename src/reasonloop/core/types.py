@@ -53,6 +53,9 @@ class Sample:
     that completed a stop string or the end-of-sequence token; `text` is cut
     before the stop string (as in the OpenAI and vLLM APIs). `logprobs` are under
     the model's untempered distribution, so they match `Generator.logprobs`.
+    `prompt_ids` are the prompt's token ids as the generator encoded them, so
+    training on a sample (RL, per-step DPO) uses exactly the sampled sequence
+    `prompt_ids + token_ids`, never a re-tokenisation of `text`.
     `meta` records the model, temperature, seed and `finish_reason`
     ("eos", "stop" or "length").
     """
@@ -62,6 +65,7 @@ class Sample:
     steps: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    prompt_ids: list[int] = field(default_factory=list)
     reward: float | None = None
     answer: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)

@@ -9,7 +9,10 @@ finished rows from the batch, and (3) write new keys in place.
 Only the attention and the cache are written here; embeddings, norms, rotary
 tables, MLPs and the LM head are the model's own modules, so numerics match
 transformers (checked in tests for Llama, Qwen2 and the nano model). Supported:
-`llama`, `mistral` (without a sliding window), `qwen2`, `qwen3`.
+`llama`, `mistral` (without a sliding window), `qwen2`, `qwen3`, and any of them
+wrapped by peft with LoRA adapters (`unwrap` finds the transformers model; the
+fused weights include the active adapters' deltas, so sampling follows a LoRA
+policy as it trains).
 """
 
 from __future__ import annotations
@@ -22,7 +25,29 @@ SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 Cache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: K, V of shape (B, H_kv, T, D)
 
 
+def unwrap(model):
+    """The transformers model inside a peft wrapper (the adapters stay injected in its layers), else `model`."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def effective_weight(linear) -> torch.Tensor:
+    """The weight a linear layer applies: its own, or for a peft LoRA layer its base weight plus the active
+    adapters' deltas (B @ A * scaling), unless the adapters are disabled or already merged in."""
+    base = getattr(linear, "base_layer", None)
+    if base is None:
+        return linear.weight
+    w = base.weight
+    if getattr(linear, "disable_adapters", False) or getattr(linear, "merged", False):
+        return w
+    for name in linear.active_adapters:
+        if name in linear.lora_A:
+            w = w + linear.get_delta_weight(name)
+    return w
+
+
 def supports(model) -> bool:
+    model = unwrap(model)
     cfg = model.config
     if cfg.model_type not in SUPPORTED:
         return False
@@ -49,6 +74,7 @@ class FastDecoder:
     def __init__(self, model):
         if not supports(model):
             raise ValueError(f"fast path does not support model_type '{model.config.model_type}'")
+        model = unwrap(model)
         self.model = model
         self.base = model.model
         cfg = model.config
@@ -111,11 +137,16 @@ class FastDecoder:
         version counter moves), so an engine over a model being trained stays right.
         """
         a, m = layer.self_attn, layer.mlp
-        srcs = [a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, m.gate_proj.weight, m.up_proj.weight]
+        linears = [a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj]
         biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
-        key = tuple((id(t), t._version) for t in srcs + [b for b in biases if b is not None])
+        tensors = [t for lin in linears for t in lin.parameters()]  # LoRA A and B included
+        key = tuple((id(t), t._version) for t in tensors) + tuple(
+            bool(getattr(lin, "disable_adapters", False)) for lin in linears
+        )
         cached = self._fused.get(i)
         if cached is None or cached[0] != key:
+            with torch.no_grad():
+                srcs = [effective_weight(lin) for lin in linears]
             w_qkv = torch.cat(srcs[:3]).detach()
             b_qkv = torch.cat(biases).detach() if biases[0] is not None else None
             w_gu = torch.cat(srcs[3:]).detach()

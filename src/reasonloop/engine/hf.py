@@ -142,7 +142,9 @@ class HFEngine:
             self.last_cache_bytes = decoder.peak_cache_bytes
             for (i, j), res in zip(rows, results):
                 reason = "eos" if res.reason == "stop" and res.tokens[-1] in self.eos_ids else res.reason
-                out[i][j] = self._make_sample(res.tokens, res.logprobs, reason, stop_t, temperature, seed)
+                out[i][j] = self._make_sample(
+                    prompt_ids[i], res.tokens, res.logprobs, reason, stop_t, temperature, seed
+                )
             return out  # type: ignore[return-value]
         for c in range(0, len(rows), self.max_batch):  # other architectures: transformers.generate per chunk
             chunk = rows[c : c + self.max_batch]
@@ -150,7 +152,7 @@ class HFEngine:
                 [prompt_ids[i] for i, _ in chunk], temperature, top_p, max_new_tokens, stop_t, gen
             )
             for (i, j), t, lp, why in zip(chunk, toks, lps, reasons):
-                out[i][j] = self._make_sample(t, lp, why, stop_t, temperature, seed)
+                out[i][j] = self._make_sample(prompt_ids[i], t, lp, why, stop_t, temperature, seed)
             if progress:
                 progress(len(chunk))
         return out  # type: ignore[return-value]
@@ -174,7 +176,14 @@ class HFEngine:
         return stops
 
     def _make_sample(
-        self, toks: list[int], lps: list[float], reason: str, stop: tuple[str, ...], temperature: float, seed: int
+        self,
+        prompt: list[int],
+        toks: list[int],
+        lps: list[float],
+        reason: str,
+        stop: tuple[str, ...],
+        temperature: float,
+        seed: int,
     ) -> Sample:
         text = self.tokenizer.decode(toks, skip_special_tokens=True)
         matched = None
@@ -186,7 +195,7 @@ class HFEngine:
         meta = {"model": self.name, "temperature": temperature, "seed": seed, "finish_reason": reason}
         if matched is not None:
             meta["stop"] = matched
-        return Sample(problem_id="", text=text, token_ids=toks, logprobs=lps, meta=meta)
+        return Sample(problem_id="", text=text, token_ids=toks, logprobs=lps, prompt_ids=prompt, meta=meta)
 
     def _run_chunk_hf(self, prompts: list[list[int]], temperature, top_p, max_new, stop, gen):
         """Fallback for architectures the fast path does not cover: `transformers.generate`."""

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from reasonloop.core import Generator, Problem, Sample
+from reasonloop.core import Generator, Grader, Problem, Sample, grade_sample
 from reasonloop.eval.metrics import maj_at_k, pass_at_k
 from reasonloop.tasks import Task
 
@@ -22,32 +22,31 @@ class EvalConfig:
     seed: int = 0  # sampling seed
 
 
-def grade(task: Task, problem: Problem, sample: Sample) -> Sample:
-    """Fill in steps, parsed answer and reward of `sample` with the task's own check."""
-    sample.problem_id = problem.id
-    sample.steps = task.steps(sample.text) if hasattr(task, "steps") else [sample.text]
-    sample.answer = task.extract_answer(sample.text)
-    sample.reward = float(task.is_correct(problem, sample.text))
-    return sample
-
-
 def evaluate(
     generator: Generator,
     task: Task,
     problems: list[Problem],
     cfg: EvalConfig = EvalConfig(),
     progress: Callable[[int], None] | None = None,
+    grader: Grader | None = None,
 ) -> dict[str, Any]:
     """Greedy accuracy, and with `cfg.n` samples: pass@k and maj@k for k = 1, 2, 4, .. n.
 
-    `progress` is called with the number of completions finished, as they finish.
-    Returns a summary dict with a `per_problem` list and the graded `samples`.
+    Completions are graded by `grader` (the task's own check by default); a
+    sample counts as correct when its grade is 1. `progress` is called with the
+    number of completions finished, as they finish. Returns a summary dict with a
+    `per_problem` list and the graded `samples`.
     """
+    grader = grader or task.grade
+
+    def grade(problem: Problem, sample: Sample) -> Sample:
+        return grade_sample(grader, problem, sample, task.step_delimiter)
+
     prompts = [p.prompt for p in problems]
     before = generator.counts.copy()
     kw = dict(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     greedy = generator.generate(prompts, 1, temperature=0.0, progress=progress, **kw)  # type: ignore[call-arg]
-    greedy_ok = [grade(task, p, s[0]).reward for p, s in zip(problems, greedy)]
+    greedy_ok = [float(grade(p, s[0]).reward == 1.0) for p, s in zip(problems, greedy)]
     result: dict[str, Any] = {"num_problems": len(problems), "greedy_accuracy": sum(greedy_ok) / len(problems)}
     per_problem: list[dict[str, Any]] = [
         {"id": p.id, "answer": p.answer, "greedy": s[0].answer, "greedy_correct": bool(ok)}
@@ -68,8 +67,8 @@ def evaluate(
         ks = ks_up_to(cfg.n)
         sums = {f"pass@{k}": 0.0 for k in ks} | {f"maj@{k}": 0.0 for k in ks}
         for rec, p, ss in zip(per_problem, problems, sampled):
-            graded = [grade(task, p, s) for s in ss]
-            c = int(sum(s.reward for s in graded))
+            graded = [grade(p, s) for s in ss]
+            c = sum(s.reward == 1.0 for s in graded)
             answers = [s.answer for s in graded]
             rec["n_correct"] = c
             for k in ks:

@@ -1,4 +1,6 @@
-"""What every grader shares: the `Grade` record, the `Grader` type, templates over (problem, completion), JSON and number parsing.
+"""What every grader shares: templates over (problem, completion), JSON and number parsing.
+
+`Grade` and `Grader` live in `reasonloop.core` (tasks grade with them too) and are re-exported here.
 
 A grader is a plain function `grader(problem, completion) -> Grade`. Graders
 built from configs are `functools.partial`s of a module-level function and a
@@ -17,27 +19,9 @@ import functools
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from reasonloop.core import DataError, Problem
-
-
-@dataclass(frozen=True)
-class Grade:
-    """The verdict on one completion: `score` in [0, 1], the answer parsed from it, a short reason."""
-
-    score: float
-    parsed: str | None
-    reason: str
-    details: dict[str, Any] = field(default_factory=dict, compare=False)  # sub-scores, precision/recall, ...
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.score <= 1.0:
-            raise ValueError(f"score {self.score} is outside [0, 1]")
-
-
-Grader = Callable[[Problem, str], Grade]
+from reasonloop.core import DataError, Grade, Grader, Problem  # noqa: F401 - Grade and Grader are re-exported
 
 
 class SampleFieldError(DataError):

@@ -1,17 +1,16 @@
 """Layer 3: load/save any HF causal LM, the nano default model, value heads."""
 
 from reasonloop.models.hf import check_model_dir, load_model, reasonloop_home, resolve_model, save_model
-from reasonloop.models.nano import NanoConfig, build_tokenizer, train_nano
+from reasonloop.models.nano import build_model, build_tokenizer
 from reasonloop.models.value_head import ValueHeadModel
 
 __all__ = [
-    "NanoConfig",
     "ValueHeadModel",
+    "build_model",
     "build_tokenizer",
     "check_model_dir",
     "load_model",
     "reasonloop_home",
     "resolve_model",
     "save_model",
-    "train_nano",
 ]

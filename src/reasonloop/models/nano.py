@@ -1,42 +1,13 @@
-"""The nano model: a character-level Llama trained from scratch on a built-in world in minutes on a CPU.
+"""The nano model's architecture and tokenizer: a character-level Llama small enough to train from scratch on a CPU.
 
-Run it with ``reasonloop init`` (which also evaluates the result). The world is
-`arith` by default; ``--set task=countdown:n_numbers=3,number_max=9`` builds a
-countdown base the same way (its "pretraining" operations are the world's legal
-steps, its seed set the generating solutions of train-split problems).
-
-Training data, as in STaR's setting of a large "pretraining" corpus plus a small
-seed set P of worked rationales:
-
-(a) single arithmetic operations of the world, ``37+45=82``, packed many to a row;
-(b) a few hundred worked multi-step solutions of *train*-split problems, a quarter of them shown
-    with the answer as a hint (the prompt STaR's rationalisation uses).
-
-The base must be imperfect on purpose (greedy accuracy 20-50%, pass@16 at least
-twice that) so that self-improvement and verifiers have room to work. Small
-models learn this world through a sharp phase change (copying the k-th operation
-out of the question), so a fixed step count would land anywhere from 5% to 60%
-depending on float noise. Instead training stops at the first check where greedy
-accuracy on held-out *train-split* problems (never the test split) reaches
-`target_accuracy`. The seed set holds only chains up to `seed_max_ops` long.
+Training it on a built-in world is a recipe (`reasonloop.recipes.nano`, run by
+``reasonloop init``); this module only builds the untrained model and the
+tokenizer, so every layer can make one without the engine or a training loop.
 """
 
 from __future__ import annotations
 
-import math
-import random
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-
 import torch
-
-from reasonloop.core import atomic_write_json
-from reasonloop.models.hf import save_model
-from reasonloop.tasks import get_task, parse_task_spec
-from reasonloop.tasks.arith import ArithTask
-from reasonloop.tasks.base import WorldTask
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARS = (
@@ -45,37 +16,6 @@ CHARS = (
     + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
     + list(".,;?!#%$'\"_<>[]{}^&|~@\\`")
 )
-
-
-@dataclass(frozen=True)
-class NanoConfig:
-    """How the nano base model is built."""
-
-    hidden_size: int = 96  # width of the transformer
-    n_layers: int = 3  # transformer blocks
-    n_heads: int = 4  # attention heads
-    n_kv_heads: int = 2  # key/value heads (grouped-query attention)
-    mlp_size: int = 256  # SwiGLU hidden size
-    seq_len: int = 128  # training row length in tokens
-    batch_size: int = 16  # rows per optimiser step
-    steps: int = 1500  # most optimiser steps (the cosine schedule spans these)
-    lr: float = 3e-3  # peak learning rate (cosine decay to 10%)
-    warmup: int = 30  # linear warm-up steps
-    n_seed_solutions: int = 400  # size of the seed set P of worked solutions
-    seed_max_ops: int = 4  # arith: the seed set only holds chains this short
-    seed_fraction: float = 0.5  # share of training documents that are worked solutions
-    hint_fraction: float = 0.25  # share of worked solutions shown with the answer as a hint (for rationalisation)
-    facts_per_doc: int = 8  # operations per "pretraining" document
-    target_accuracy: float = 0.3  # stop once validation greedy accuracy reaches this (1.0: never)
-    eval_every: int = 20  # steps between validation checks (5 once past half the target)
-    n_val_problems: int = 150  # train-split validation problems (disjoint from the seed set)
-    seed: int = 0  # everything derives from this seed
-    task: str = "arith"  # the world, with options: "arith", "countdown:n_numbers=3,number_max=9"
-
-    def __post_init__(self) -> None:
-        if parse_task_spec(self.task)[0] not in ("arith", "countdown"):
-            raise ValueError(f"task must be a built-in world (arith or countdown), not {self.task!r}")
-        get_task(self.task)  # a typo in the world's options fails here, before anything is built
 
 
 def build_tokenizer():
@@ -98,16 +38,17 @@ def build_tokenizer():
     )
 
 
-def build_model(cfg: NanoConfig, tokenizer):
+def build_model(tokenizer, *, hidden_size: int, n_layers: int, n_heads: int, n_kv_heads: int, mlp_size: int, seed: int):
+    """An untrained nano Llama (tied embeddings, grouped-query attention) over `tokenizer`'s vocabulary."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.mlp_size,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads,
+        hidden_size=hidden_size,
+        intermediate_size=mlp_size,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
         max_position_embeddings=1024,
         rms_norm_eps=1e-5,
         tie_word_embeddings=True,
@@ -115,147 +56,5 @@ def build_model(cfg: NanoConfig, tokenizer):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     return LlamaForCausalLM(config)
-
-
-def seed_set(task: WorldTask, cfg: NanoConfig, hinted: bool = False) -> list[tuple[str, str]]:
-    """STaR's small seed set P: (prompt, worked solution) for short train-split chains.
-
-    With `hinted`, the prompts are the hint prompts (the answer given), as the
-    rationalisation step of STaR will ask: seeing a few such documents is what
-    lets the base use a hint at all.
-    """
-    short = task
-    if isinstance(task, ArithTask):
-        short = ArithTask(replace(task.config, max_ops=min(cfg.seed_max_ops, task.config.max_ops)))
-    problems = short.problems("train", cfg.n_seed_solutions, seed=cfg.seed + 1)
-    return [(p.meta["hint_prompt"] if hinted else p.prompt, p.meta["solution"]) for p in problems]
-
-
-class _Docs:
-    """An endless stream of tokenised documents: worked solutions and blocks of single operations."""
-
-    def __init__(self, task: WorldTask, cfg: NanoConfig, tokenizer):
-        self.rng = random.Random(cfg.seed)
-        self.cfg = cfg
-        self.eos = tokenizer.eos_token_id
-        self.solutions = [tokenizer(p + s)["input_ids"] + [self.eos] for p, s in seed_set(task, cfg)]
-        self.hinted = [tokenizer(p + s)["input_ids"] + [self.eos] for p, s in seed_set(task, cfg, hinted=True)]
-        self.tokenizer = tokenizer
-        self.task = task
-        self._facts: list[str] = []
-        self._fact_seed = cfg.seed
-
-    def _fact(self) -> str:
-        if not self._facts:
-            self._fact_seed += 1
-            self._facts = self.task.facts(4096, seed=self._fact_seed)[::-1]
-        return self._facts.pop()  # in chain order: each fact starts from the previous result
-
-    def next(self) -> list[int]:
-        if self.rng.random() < self.cfg.seed_fraction:
-            hint = self.cfg.hint_fraction > 0 and self.rng.random() < self.cfg.hint_fraction
-            return self.rng.choice(self.hinted if hint else self.solutions)
-        text = "\n".join(self._fact() for _ in range(self.cfg.facts_per_doc))
-        return self.tokenizer(text)["input_ids"] + [self.eos]
-
-    def batch(self) -> torch.Tensor:
-        """(B, T+1) rows packed with whole documents (a row starts at a document start)."""
-        T = self.cfg.seq_len + 1
-        rows = []
-        for _ in range(self.cfg.batch_size):
-            row: list[int] = []
-            while len(row) < T:
-                row.extend(self.next())
-            rows.append(row[:T])
-        return torch.tensor(rows)
-
-
-def train_nano(
-    out_dir: str | Path,
-    cfg: NanoConfig | None = None,
-    task: WorldTask | None = None,
-    log: Callable[[dict], None] | None = None,
-    progress: Callable[[dict], None] | None = None,
-    callback: Callable[[int, object, object], None] | None = None,
-) -> Path:
-    """Train the nano base from scratch and save it (model + tokenizer) to `out_dir`."""
-    cfg = cfg or NanoConfig()
-    task = task or get_task(cfg.task)
-    tokenizer = build_tokenizer()
-    model = build_model(cfg, tokenizer)
-    model.train()
-    docs = _Docs(task, cfg, tokenizer)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.95),
-    )
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
-
-    val = validation_problems(task, cfg)
-    history: list[dict] = []
-    t0 = time.perf_counter()
-    for step in range(cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        rows = docs.batch()
-        inputs, targets = rows[:, :-1], rows[:, 1:]  # (B, T)
-        logits = model(input_ids=inputs).logits  # (B, T, V)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        record = {"step": step + 1, "loss": loss.item(), "lr": lr_at(step), "elapsed_s": time.perf_counter() - t0}
-        # near the target, check every 5 steps: accuracy rises steeply through the phase change
-        every = 5 if history and history[-1]["val_greedy_accuracy"] >= cfg.target_accuracy / 2 else cfg.eval_every
-        if (step + 1) % every == 0 or step + 1 == cfg.steps:
-            record["val_greedy_accuracy"] = greedy_accuracy(model, tokenizer, task, val)
-            model.train()
-            history.append(record)
-        if progress:
-            progress(record)
-        if log and ("val_greedy_accuracy" in record or step % 50 == 0):
-            log(record)
-        if callback:
-            model.eval()
-            callback(step + 1, model, tokenizer)
-            model.train()
-        if record.get("val_greedy_accuracy", 0.0) >= cfg.target_accuracy:
-            break
-    model.eval()
-    out = save_model(model, tokenizer, out_dir)
-    summary = {
-        "config": asdict(cfg),
-        "world": asdict(task.config),
-        "stopped_at_step": history[-1]["step"] if history else cfg.steps,
-        "val_greedy_accuracy": history[-1]["val_greedy_accuracy"] if history else None,
-        "train_seconds": time.perf_counter() - t0,
-        "history": history,
-    }
-    atomic_write_json(out / "nano_training.json", summary)
-    return out
-
-
-def validation_problems(task: WorldTask, cfg: NanoConfig) -> list:
-    """Train-split problems of every length, excluding the seed set: what early stopping looks at."""
-    seed_prompts = {p for p, _ in seed_set(task, cfg)}
-    pool = task.problems("train", cfg.n_val_problems + len(seed_prompts), seed=cfg.seed + 2)
-    return [p for p in pool if p.prompt not in seed_prompts][: cfg.n_val_problems]
-
-
-def greedy_accuracy(model, tokenizer, task: WorldTask, problems: list) -> float:
-    from reasonloop.engine import HFEngine  # same layer; the engine only needs the model
-
-    engine = HFEngine(model, tokenizer)
-    out = engine.generate([p.prompt for p in problems], 1, temperature=0.0, max_new_tokens=96)
-    return sum(task.is_correct(p, s[0].text) for p, s in zip(problems, out)) / len(problems)

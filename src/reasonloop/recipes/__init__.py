@@ -1,7 +1,9 @@
 """Layer 5: the self-improvement loops, each one readable file, each resumable."""
 
 from reasonloop.recipes.demo import DEMO_DEFAULTS, demo_config, run_demo
+from reasonloop.recipes.nano import NanoConfig, train_nano
 from reasonloop.recipes.rft import RftConfig, run_rft
+from reasonloop.recipes.rl import RLConfig, run_rl
 from reasonloop.recipes.scale import ScaleConfig, SearchConfig, run_scale
 from reasonloop.recipes.star import StarConfig, run_star
 from reasonloop.recipes.verifiers import VerifiersConfig, run_verifiers
@@ -9,6 +11,8 @@ from reasonloop.recipes.vstar import VStarConfig, run_vstar
 
 __all__ = [
     "DEMO_DEFAULTS",
+    "NanoConfig",
+    "RLConfig",
     "RftConfig",
     "ScaleConfig",
     "SearchConfig",
@@ -18,8 +22,10 @@ __all__ = [
     "demo_config",
     "run_demo",
     "run_rft",
+    "run_rl",
     "run_scale",
     "run_verifiers",
     "run_star",
     "run_vstar",
+    "train_nano",
 ]

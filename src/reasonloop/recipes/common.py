@@ -1,9 +1,8 @@
-"""Pieces every recipe shares: resumable sampling to JSONL, greedy evaluation, SFT on (prompt, completion) pairs."""
+"""Pieces every recipe shares: resumable sampling to JSONL, the run set-up, SFT on (prompt, completion) pairs."""
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,16 +15,14 @@ from reasonloop.core import (
     RunDir,
     Sample,
     defaults_of,
+    grade_sample,
     read_jsonl,
     repair_jsonl,
     seed_everything,
     to_dict,
 )
 from reasonloop.engine import HFEngine
-from reasonloop.eval import grade
-from reasonloop.eval.metrics import majority_correct
 from reasonloop.models import load_model, resolve_model, save_model
-from reasonloop.search import best_of_n
 from reasonloop.tasks import Task, get_task
 from reasonloop.train import TrainConfig, sft_on_pairs
 
@@ -83,7 +80,7 @@ def sample_to_file(
                     start = len(have.get(p.id, []))
                     for j, s in enumerate(samples[start:], start=start):
                         s.meta["sample_index"] = j
-                        grade(task, p, s)
+                        grade_sample(task.grade, p, s, task.step_delimiter)
                         w.write(s.to_dict())
                         have.setdefault(p.id, []).append(s)
                     advance(n - start)
@@ -95,34 +92,6 @@ def hash_id(text: str) -> int:
     import hashlib
 
     return int.from_bytes(hashlib.sha1(text.encode()).digest()[:4], "big")
-
-
-def greedy_accuracy(engine: HFEngine, task: Task, problems: list[Problem], max_new_tokens: int) -> float:
-    out = engine.generate([p.prompt for p in problems], 1, temperature=0.0, max_new_tokens=max_new_tokens)
-    return sum(task.is_correct(p, s[0].text) for p, s in zip(problems, out)) / len(problems)
-
-
-def majority_curve(problems: list[Problem], held: list[Sample], N: int) -> list[float]:
-    """Majority-vote accuracy over the first n of each problem's N samples (`held` problem-major), n = 1..N;
-    the vote earns the grade of a sample with the winning answer."""
-    return [
-        sum(
-            majority_correct([s.answer for s in ss], p.answer, [s.reward for s in ss])
-            for i, p in enumerate(problems)
-            for ss in [held[i * N : i * N + n]]
-        )
-        / len(problems)
-        for n in range(1, N + 1)
-    ]
-
-
-def best_of_n_curve(problems: list[Problem], held: list[Sample], scores: list[float], N: int) -> list[float]:
-    """Accuracy of the top-scored of the first n of each problem's N samples, n = 1..N."""
-    return [
-        sum(held[i * N + best_of_n(scores[i * N : i * N + n])].reward or 0.0 for i in range(len(problems)))
-        / len(problems)
-        for n in range(1, N + 1)
-    ]
 
 
 def finetune(
@@ -178,39 +147,6 @@ def draw_problems(cfg: Any) -> tuple[Task, list[Problem], list[Problem]]:
         task.problems("train", cfg.n_train, seed=cfg.seed + 100),
         task.problems("test", cfg.n_eval, seed=cfg.seed),
     )
-
-
-def save_line_plot(
-    path: Path,
-    xs: list[float],
-    series: dict[str, list[float]],
-    *,
-    xlabel: str,
-    ylabel: str,
-    title: str,
-    hlines: dict[str, float] | None = None,
-) -> None:
-    """A small PNG line plot of one or more series (and dashed reference lines) for a report."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for (label, ys), marker in zip(series.items(), itertools.cycle("os^vDP*X")):  # every series, however many
-        ax.plot(xs, ys, marker=marker, label=label)
-    for label, y in (hlines or {}).items():
-        ax.axhline(y, color="gray", linestyle="--", label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.set_xticks(xs)
-    if len(series) + len(hlines or {}) > 1:
-        ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def finetune_and_save(

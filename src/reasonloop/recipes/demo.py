@@ -49,7 +49,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Build the nano base if needed, then run V-STaR; returns `run_vstar`'s result."""
     from reasonloop.models import resolve_model
-    from reasonloop.models.nano import train_nano
+    from reasonloop.recipes.nano import train_nano
 
     cfg = cfg or demo_config()
     base = resolve_model(cfg.model)

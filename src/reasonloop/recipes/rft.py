@@ -27,7 +27,8 @@ from rapidfuzz.distance import Levenshtein
 
 from reasonloop.core import atomic_write_text
 from reasonloop.engine import HFEngine
-from reasonloop.recipes.common import BarFactory, finetune_and_save, greedy_accuracy, no_bar, sample_to_file, start_run
+from reasonloop.eval import greedy_accuracy
+from reasonloop.recipes.common import BarFactory, finetune_and_save, no_bar, sample_to_file, start_run
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def run_rft(cfg: RftConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=p
     state = run.state
     if "base_accuracy" not in state:
         engine = HFEngine.from_pretrained(source, max_batch=cfg.max_batch)
-        state = run.update_state(base_accuracy=greedy_accuracy(engine, task, test_problems, cfg.max_new_tokens))
+        state = run.update_state(base_accuracy=greedy_accuracy(engine, task.grade, test_problems, cfg.max_new_tokens))
     if "accuracy" not in state:
         engine = HFEngine.from_pretrained(source, max_batch=cfg.max_batch)
         samples = sample_to_file(
@@ -113,7 +114,7 @@ def run_rft(cfg: RftConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=p
         )  # fmt: skip
         engine = HFEngine.from_pretrained(ckpt, max_batch=cfg.max_batch)
         state = run.update_state(
-            accuracy=greedy_accuracy(engine, task, test_problems, cfg.max_new_tokens),
+            accuracy=greedy_accuracy(engine, task.grade, test_problems, cfg.max_new_tokens),
             problems_solved=len(correct),
             correct_samples=sum(len(v) for v in correct.values()),
             distinct_correct_paths=distinct,

@@ -145,7 +145,7 @@ def _cell(run: RunDir, cfg: ScaleConfig, spec: tuple, budget: int, seed: int, pr
                     rec = {
                         "problem_id": p.id,
                         "answer": o.answer,
-                        "correct": o.answer is not None and task.is_correct(p, o.text),
+                        "correct": task.grade(p, o.text).score == 1.0,
                         "text": o.text,
                         "generator_tokens": o.generator_tokens,
                         "verifier_tokens": o.verifier_tokens,

@@ -32,16 +32,9 @@ from typing import Any
 
 from reasonloop.core import RunDir, atomic_write_text
 from reasonloop.engine import HFEngine
+from reasonloop.eval import greedy_accuracy, save_line_plot
 from reasonloop.models import load_model, save_model
-from reasonloop.recipes.common import (
-    BarFactory,
-    finetune_and_save,
-    greedy_accuracy,
-    no_bar,
-    sample_to_file,
-    save_line_plot,
-    start_run,
-)
+from reasonloop.recipes.common import BarFactory, finetune_and_save, no_bar, sample_to_file, start_run
 
 
 @dataclass(frozen=True)
@@ -88,7 +81,7 @@ def run_star(cfg: StarConfig, run_dir: str | Path, bar: BarFactory = no_bar, log
     if "base_accuracy" not in state:
         engine = HFEngine.from_pretrained(base, max_batch=cfg.max_batch)
         state = run.update_state(
-            base_accuracy=greedy_accuracy(engine, task, test_problems, cfg.max_new_tokens), rounds=[]
+            base_accuracy=greedy_accuracy(engine, task.grade, test_problems, cfg.max_new_tokens), rounds=[]
         )
         run.log_metrics(round=0, held_out_accuracy=state["base_accuracy"])
     log(f"base held-out greedy accuracy: {100 * state['base_accuracy']:.1f}%")

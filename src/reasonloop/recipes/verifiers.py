@@ -35,17 +35,10 @@ from typing import Any
 
 from reasonloop.core import RunDir, atomic_write_json, atomic_write_text, defaults_of, split_steps, to_dict
 from reasonloop.engine import HFEngine
+from reasonloop.eval import best_of_n_curve, greedy_accuracy, majority_curve, save_line_plot
 from reasonloop.eval.verifier_metrics import auroc, auroc_or_none, best_threshold, error_step_f1, predicted_first_error
 from reasonloop.models import resolve_model
-from reasonloop.recipes.common import (
-    BarFactory,
-    best_of_n_curve,
-    greedy_accuracy,
-    majority_curve,
-    no_bar,
-    sample_to_file,
-    save_line_plot,
-)
+from reasonloop.recipes.common import BarFactory, no_bar, sample_to_file
 from reasonloop.search import weighted_vote_pick
 from reasonloop.tasks import get_task
 from reasonloop.verifiers import (
@@ -127,7 +120,7 @@ def train_verifiers(
         else:
             log(f"Monte-Carlo step values: {len(chosen)} solutions, {cfg.mc_k} rollouts per prefix")
             values = mc_step_values(
-                engine, task, chosen, cfg.mc_k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                engine, task.grade, chosen, cfg.mc_k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                 seed=cfg.seed + 2, delimiter=task.step_delimiter,
             )  # fmt: skip
             atomic_write_json(mc_file, values)
@@ -196,7 +189,7 @@ def run_verifiers(cfg: VerifiersConfig, run_dir: str | Path, bar: BarFactory = n
         log(f"scoring {len(held)} held-out samples with the {NAMES[kind]}")
         results[kind] = evaluate_verifier(load_verifier(d), test, held, steps, labels, truth, N)
     res = {
-        "greedy_accuracy": greedy_accuracy(engine, task, test, cfg.max_new_tokens),
+        "greedy_accuracy": greedy_accuracy(engine, task.grade, test, cfg.max_new_tokens),
         "pass@1": sum(labels) / len(labels),
         "majority_vote": majority_curve(test, held, N),
         "verifiers": results,

@@ -25,18 +25,10 @@ from typing import Any
 
 from reasonloop.core import RunDir, Sample, atomic_write_json, atomic_write_text, defaults_of, read_jsonl, to_dict
 from reasonloop.engine import HFEngine
+from reasonloop.eval import best_of_n_curve, greedy_accuracy, majority_curve, save_line_plot
 from reasonloop.eval.verifier_metrics import auroc_or_none
 from reasonloop.models import resolve_model
-from reasonloop.recipes.common import (
-    BarFactory,
-    best_of_n_curve,
-    draw_problems,
-    greedy_accuracy,
-    majority_curve,
-    no_bar,
-    sample_to_file,
-    save_line_plot,
-)
+from reasonloop.recipes.common import BarFactory, draw_problems, no_bar, sample_to_file
 from reasonloop.recipes.star import StarConfig, run_star
 from reasonloop.verifiers import DpoVerifier, DpoVerifierConfig, preference_pairs, train_dpo_verifier
 from reasonloop.verifiers.dpo import AGGREGATES
@@ -115,7 +107,7 @@ def run_vstar(cfg: VStarConfig, run_dir: str | Path, bar: BarFactory = no_bar, l
     }
     result = {
         "base_accuracy": star["base_accuracy"],
-        "greedy_accuracy": greedy_accuracy(engine, task, test_problems, cfg.max_new_tokens),
+        "greedy_accuracy": greedy_accuracy(engine, task.grade, test_problems, cfg.max_new_tokens),
         f"maj@{N}": curves["majority_vote"][-1],
         f"verifier_best_of_{N}": curves["verifier_best_of_n"][-1],
         "curves": curves,

@@ -1,4 +1,4 @@
-"""What every task provides: problems by split, step splitting, answer extraction, a correctness check."""
+"""What every task provides: problems by split, step splitting, answer extraction, a correctness check, a grader."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 import re
 from typing import Protocol, runtime_checkable
 
-from reasonloop.core import Problem, split_steps
+from reasonloop.core import Grade, Problem, split_steps
 
 SPLITS = ("train", "test")
 ANSWER_RE = re.compile(r"A:\s*(-?[\d.]+)\s*$")
@@ -22,6 +22,22 @@ class Task(Protocol):
     def extract_answer(self, completion: str) -> str | None: ...
 
     def is_correct(self, problem: Problem, completion: str) -> bool: ...
+
+    def grade(self, problem: Problem, completion: str) -> Grade: ...
+
+
+def check_grade(task: Task, problem: Problem, completion: str) -> Grade:
+    """A task's own correctness check as a `Grade`: 1.0 or 0.0, with the parsed answer and why.
+
+    >>> from reasonloop.tasks.arith import ArithTask
+    >>> p = Problem("x", "Q: 1+2\\n", "3")
+    >>> check_grade(ArithTask(), p, "1+2=3\\nA: 3"), check_grade(ArithTask(), p, "1+2=4\\nA: 4").reason
+    (Grade(score=1.0, parsed='3', reason='correct', details={}), 'answer 4, expected 3')
+    """
+    parsed = task.extract_answer(completion)
+    if task.is_correct(problem, completion):
+        return Grade(1.0, parsed, "correct")
+    return Grade(0.0, parsed, "no answer" if parsed is None else f"answer {parsed}, expected {problem.answer}")
 
 
 def hash_split(key: str, test_fraction: float = 0.2) -> str:
@@ -49,6 +65,10 @@ class WorldTask:
 
     def steps(self, completion: str) -> list[str]:
         return split_steps(completion, self.step_delimiter)
+
+    def grade(self, problem: Problem, completion: str) -> Grade:
+        """The world's exact check as a grader (see `check_grade`)."""
+        return check_grade(self, problem, completion)
 
     def extract_answer(self, completion: str) -> str | None:
         """The number after the last `A:` line, or None.

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from reasonloop.core import DataError, Problem, read_jsonl, split_steps
-from reasonloop.tasks.base import check_split
+from reasonloop.core import DataError, Grade, Problem, read_jsonl, split_steps
+from reasonloop.tasks.base import check_grade, check_split
 
 NUMBER_RE = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
 
@@ -106,6 +106,10 @@ class JsonlTask:
 
     def extract_answer(self, completion: str) -> str | None:
         return gsm8k_final_answer(completion) or last_number(completion)
+
+    def grade(self, problem: Problem, completion: str) -> Grade:
+        """`is_correct` as a grader; a grader file (`reasonloop.graders`, e.g. `math`) gives fuller checks."""
+        return check_grade(self, problem, completion)
 
     def is_correct(self, problem: Problem, completion: str) -> bool:
         """Numeric comparison when both sides are numbers, else exact string match.

@@ -1,12 +1,13 @@
-"""Layer 4: losses as pure functions, batching of (prompt, completion) pairs, one training loop."""
+"""Layer 4: losses and advantage estimators as pure functions, batches (pairs, rollouts), one trainer and its loop."""
 
 from reasonloop.train.data import Batch, encode_pairs, shuffled_batch
-from reasonloop.train.loop import TrainConfig, TrainingError, sft_on_pairs, train_loop
+from reasonloop.train.loop import TrainConfig, Trainer, TrainingError, sft_on_pairs, train_loop
 from reasonloop.train.losses import dpo_loss, sequence_logprobs, sft_loss, token_logprobs
 
 __all__ = [
     "Batch",
     "TrainConfig",
+    "Trainer",
     "TrainingError",
     "dpo_loss",
     "train_loop",

@@ -2,9 +2,14 @@
 
     state = train_loop(model, tokenizer, batches, loss_fn, TrainConfig(steps=200), out_dir="run/ckpt")
 
+    trainer = Trainer(model, tokenizer, TrainConfig(steps=1000), out_dir="run/ckpt")   # online: set up once
+    record = trainer.step([batch], loss_fn)                                            # one optimiser step
+
 `batches(i)` returns the i-th micro-batch (so a resumed run sees the same data);
-`loss_fn(model, batch)` returns `(loss, metrics)`. The loop is written out from
-`zero_grad` to the log line, as in nanoGPT. accelerate places the model and
+`loss_fn(model, batch)` returns `(loss, metrics)`. `Trainer` holds what lives
+across steps (optimiser, schedule, accelerate, checkpoints) and its `step` is
+written out from `zero_grad` to `opt.step()`, as in nanoGPT; `train_loop` is a
+for-loop over it. accelerate places the model and
 gradients, so the same loop runs on one CPU or, launched with `accelerate
 launch`, on many GPUs.
 
@@ -20,7 +25,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -65,28 +70,46 @@ class TrainConfig:
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def _save_checkpoint(path: Path, model, tokenizer, opt, step: int, history: list[dict]) -> None:
+def _save_checkpoint(
+    path: Path, model, tokenizer, opt, step: int, history: list[dict], extra: dict | None = None
+) -> None:
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": opt.state_dict(), "step": step, "history": history}, tmp / "trainer_state.pt")
+    state = {"optimizer": opt.state_dict(), "step": step, "history": history, "rng": torch.get_rng_state()}
+    torch.save({**state, **(extra or {})}, tmp / "trainer_state.pt")
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, model, opt) -> tuple[int, list[dict]]:
+def load_weights(model, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Load tensors read from a saved directory into `model`; returns (missing, unexpected) keys.
+
+    A model with extra parts saved beside its backbone (a value head, a critic)
+    says how through `load_saved_weights`; a peft model loads its adapter weights.
+    """
+    load = getattr(model, "load_saved_weights", None)
+    if load is not None:
+        return load(weights)
+    if hasattr(model, "peft_config"):
+        from reasonloop.train.lora import load_adapter_weights
+
+        return load_adapter_weights(model, weights)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    return list(missing), list(unexpected)
+
+
+def _load_checkpoint(path: Path, model, opt) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     weights: dict[str, torch.Tensor] = {}
     for f in sorted(path.glob("*.safetensors")):
         weights.update(load_file(str(f)))
-    # a model with extra parts saved beside its backbone (a value head) says how to load them
-    load = getattr(model, "load_saved_weights", None)
-    missing, unexpected = load(weights) if load else model.load_state_dict(weights, strict=False)
+    missing, unexpected = load_weights(model, weights)
     # tied embeddings are saved once; anything else missing means a different model
     missing = [k for k in missing if not k.endswith("lm_head.weight")]
     if missing or unexpected:
@@ -95,7 +118,114 @@ def _load_checkpoint(path: Path, model, opt) -> tuple[int, list[dict]]:
         )
     state = torch.load(path / "trainer_state.pt", weights_only=False)
     opt.load_state_dict(state["optimizer"])
-    return int(state["step"]), list(state["history"])
+    return state
+
+
+class Trainer:
+    """An optimiser set up once over `model`: `step(micro_batches, loss_fn)` is one optimiser step.
+
+    Online recipes (RL, self-play) feed it one rollout batch at a time, so the
+    optimiser state and the learning-rate schedule (`cfg.lr_at(step)`, over
+    `cfg.steps` optimiser steps) carry across batches. `save()` writes
+    `out_dir/last` (model, tokenizer, optimiser, step, history, torch RNG, and
+    any `extra` state of the caller); constructing a Trainer over the same
+    `out_dir` resumes from it (`self.step_count`, `self.history`, `self.extra`).
+    `lr_scales` maps parameter-name prefixes to multipliers of the scheduled
+    learning rate (a critic that learns faster than the policy it sits beside).
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        cfg: TrainConfig,
+        *,
+        out_dir: str | os.PathLike | None = None,
+        lr_scales: dict[str, float] | None = None,
+    ):
+        from accelerate import Accelerator
+
+        torch.manual_seed(cfg.seed)
+        try:
+            # explicit, because accelerate's process-wide state keeps whatever an earlier trainer chose
+            self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+        except ValueError as e:
+            raise TrainingError(f"accelerate was already set up differently in this process: {e}") from None
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+
+        def scale_of(name: str) -> float:
+            return next((s for prefix, s in (lr_scales or {}).items() if name.startswith(prefix)), 1.0)
+
+        # matrices decay, vectors do not; parameters named by an `lr_scales` prefix get their own groups
+        groups = [
+            {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr_scale": scale}
+            for decay in (True, False)
+            for scale in sorted({1.0} | set((lr_scales or {}).values()))
+            if (ps := [p for n, p in named if (p.dim() >= 2) == decay and scale_of(n) == scale]) or scale == 1.0
+        ]
+        self.model, self.opt = self.accelerator.prepare(model, torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95)))
+        self.last = Path(out_dir) / "last" if out_dir is not None else None
+        self.step_count, self.history, self.extra = 0, [], {}
+        if self.last is not None and (self.last / "trainer_state.pt").exists():
+            state = _load_checkpoint(self.last, self.unwrapped, self.opt)
+            self.step_count, self.history = int(state.pop("step")), list(state.pop("history"))
+            if "rng" in state:
+                torch.set_rng_state(state.pop("rng"))
+            state.pop("optimizer")
+            self.extra = state
+        self.bad_steps = 0
+        self.t0 = time.perf_counter()
+
+    @property
+    def unwrapped(self):
+        """The model without accelerate's wrapping (what is saved, evaluated and sampled from)."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def step(self, micro_batches: Iterable[Any], loss_fn: LossFn) -> dict[str, float] | None:
+        """One optimiser step: gradients of `loss_fn` averaged over `micro_batches` (gradient accumulation),
+        clipped, applied at the scheduled learning rate. Returns the step's record, or None when a non-finite
+        loss skipped the update (raises `TrainingError` after `cfg.max_bad_steps` in a row)."""
+        cfg, step = self.cfg, self.step_count
+        self.step_count += 1
+        lr = cfg.lr_at(step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        self.opt.zero_grad(set_to_none=True)
+        self.model.train()
+        batches = list(micro_batches) if not isinstance(micro_batches, list) else micro_batches
+        metrics: dict[str, float] = {}
+        for batch in batches:
+            loss, m = loss_fn(self.model, batch)
+            if not torch.isfinite(loss):  # NaN guard: skip the update, give up if it keeps happening
+                self.bad_steps += 1
+                self.opt.zero_grad(set_to_none=True)
+                self.model.eval()
+                if self.bad_steps > cfg.max_bad_steps:
+                    raise TrainingError(
+                        f"loss was non-finite for {self.bad_steps} steps in a row at step {step + 1}; lower the lr"
+                    )
+                return None
+            self.accelerator.backward(loss / len(batches))
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + v / len(batches)
+        self.bad_steps = 0
+        grad_norm = self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+        self.opt.step()
+        self.model.eval()
+        record = {"step": step + 1, "lr": lr, "elapsed_s": time.perf_counter() - self.t0, **metrics}
+        if grad_norm is not None:
+            record["grad_norm"] = float(grad_norm)
+        return record
+
+    def save(self, extra: dict[str, Any] | None = None) -> None:
+        """Checkpoint to `out_dir/last` (atomic: a kill never leaves half of one)."""
+        if self.last is None:
+            raise ValueError("this trainer has no out_dir to save to")
+        self.extra = dict(extra or {})
+        _save_checkpoint(self.last, self.unwrapped, self.tokenizer, self.opt, self.step_count, self.history, self.extra)
 
 
 def train_loop(
@@ -111,74 +241,27 @@ def train_loop(
     progress: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     """Optimise `model` for `cfg.steps` steps; returns {"step", "history", "eval"}. See the module docstring."""
-    from accelerate import Accelerator
-
-    torch.manual_seed(cfg.seed)
-    try:
-        # explicit, because accelerate's process-wide state keeps whatever an earlier trainer chose
-        accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
-    except ValueError as e:
-        raise TrainingError(f"accelerate was already set up differently in this process: {e}") from None
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
-    model, opt = accelerator.prepare(model, opt)
-    last = Path(out_dir) / "last" if out_dir is not None else None
-    start, history = 0, []
-    if last is not None and (last / "trainer_state.pt").exists():
-        start, history = _load_checkpoint(last, accelerator.unwrap_model(model), opt)
+    trainer = Trainer(model, tokenizer, cfg, out_dir=out_dir)
     evals: dict[str, float] = {}
-    bad_steps = 0
-    t0 = time.perf_counter()
-    model.train()
-    for step in range(start, cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        metrics: dict[str, float] = {}
-        finite = True
-        for micro in range(cfg.grad_accum):
-            loss, m = loss_fn(model, batches(step * cfg.grad_accum + micro))
-            if not torch.isfinite(loss):
-                finite = False
-                break
-            accelerator.backward(loss / cfg.grad_accum)
-            for k, v in m.items():
-                metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
-        if not finite:  # NaN guard: skip the update, give up if it keeps happening
-            bad_steps += 1
-            opt.zero_grad(set_to_none=True)
+    for step in range(trainer.step_count, cfg.steps):
+        micro = (batches(step * cfg.grad_accum + m) for m in range(cfg.grad_accum))
+        record = trainer.step(micro, loss_fn)
+        if record is None:
             if log:
-                log({"step": step + 1, "skipped": "non-finite loss", "bad_steps": bad_steps})
-            if bad_steps > cfg.max_bad_steps:
-                raise TrainingError(
-                    f"loss was non-finite for {bad_steps} steps in a row at step {step + 1}; lower the lr"
-                )
+                log({"step": step + 1, "skipped": "non-finite loss", "bad_steps": trainer.bad_steps})
             continue
-        bad_steps = 0
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
-        opt.step()
-        record = {"step": step + 1, "lr": cfg.lr_at(step), "elapsed_s": time.perf_counter() - t0, **metrics}
-        if grad_norm is not None:
-            record["grad_norm"] = float(grad_norm)
         done = step + 1 == cfg.steps
         if evaluate is not None and (done or (cfg.eval_every and (step + 1) % cfg.eval_every == 0)):
-            model.eval()
-            evals = {f"eval_{k}": v for k, v in evaluate(accelerator.unwrap_model(model)).items()}
-            model.train()
+            evals = {f"eval_{k}": v for k, v in evaluate(trainer.unwrapped).items()}
             record.update(evals)
-        history.append(record)
+        trainer.history.append(record)
         if log:
             log(record)
         if progress:
             progress(record)
-        if last is not None and (done or (cfg.save_every and (step + 1) % cfg.save_every == 0)):
-            _save_checkpoint(last, accelerator.unwrap_model(model), tokenizer, opt, step + 1, history)
-    model.eval()
-    return {"step": cfg.steps, "history": history, "eval": evals, "config": asdict(cfg)}
+        if trainer.last is not None and (done or (cfg.save_every and (step + 1) % cfg.save_every == 0)):
+            trainer.save()
+    return {"step": cfg.steps, "history": trainer.history, "eval": evals, "config": asdict(cfg)}
 
 
 def sft_on_pairs(

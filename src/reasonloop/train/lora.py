@@ -52,3 +52,13 @@ def add_lora(model, settings: LoraSettings = LoraSettings()):
 def merge_lora(model):
     """Fold the adapters into the base weights and return the plain transformers model."""
     return model.merge_and_unload()
+
+
+def load_adapter_weights(model, weights: dict) -> tuple[list[str], list[str]]:
+    """Load adapter tensors saved by `model.save_pretrained` (peft's names) into a peft model; (missing, unexpected).
+
+    Only adapter weights are saved and loaded: the frozen base comes from the base checkpoint.
+    """
+    peft = _peft()
+    result = peft.set_peft_model_state_dict(model, weights)
+    return [k for k in result.missing_keys if "lora_" in k], list(result.unexpected_keys)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from reasonloop.core import Problem, Sample, join_steps, split_steps
+from reasonloop.core import Generator, Grader, Problem, Sample, join_steps, split_steps
 from reasonloop.models import ValueHeadModel
 from reasonloop.train import TrainConfig, shuffled_batch, train_loop
 from reasonloop.verifiers.aggregate import STEP_AGGREGATES, aggregate_steps
@@ -74,8 +74,8 @@ def orm_examples(problems: Sequence[Problem], samples: Sequence[Sample], delimit
 
 
 def mc_step_values(
-    generator,
-    task,
+    generator: Generator,
+    grader: Grader,
     items: Sequence[tuple[Problem, list[str]]],
     k: int,
     *,
@@ -88,9 +88,10 @@ def mc_step_values(
     """Monte-Carlo value of every step prefix of every (problem, steps): `len(steps) + 1` values each.
 
     Value 0 is the problem alone; value i the prefix ending at step i, estimated
-    as the fraction of `k` completions (sampled by `generator`) the task grades
-    correct (`hard`: 1.0 if any is). The full solution's value is its own grade,
-    with no rollout.
+    as the mean grade of `k` completions sampled by `generator` (the fraction
+    correct for a 0/1 grader such as `task.grade`; `hard`: the best grade). A
+    rollout is graded with its prefix, as one solution. The full solution's value
+    is its own grade, with no rollout.
     """
     prompts, where = [], []
     for j, (problem, steps) in enumerate(items):
@@ -105,10 +106,10 @@ def mc_step_values(
     values = [[0.0] * (len(steps) + 1) for _, steps in items]
     for (j, i), prompt, rollouts in zip(where, prompts, outs):
         problem = items[j][0]
-        wins = [task.is_correct(problem, prompt[len(problem.prompt) :] + r.text) for r in rollouts]
-        values[j][i] = float(any(wins)) if hard else sum(wins) / len(wins)
+        wins = [grader(problem, prompt[len(problem.prompt) :] + r.text).score for r in rollouts]
+        values[j][i] = max(wins) if hard else sum(wins) / len(wins)
     for j, (problem, steps) in enumerate(items):
-        values[j][-1] = float(task.is_correct(problem, join_steps(steps, delimiter)))
+        values[j][-1] = grader(problem, join_steps(steps, delimiter)).score
     return values
 
 

@@ -1,0 +1,435 @@
+"""Online RL with verifiable rewards: GRPO, Dr. GRPO, RLOO, REINFORCE++ and PPO (actor-critic, GAE), resumable.
+
+    reasonloop rl CONFIG.yaml --run-dir runs/rl        # or: run_rl(RLConfig(...), "runs/rl")
+
+Each step, with the live policy (the engine samples from the very weights being
+trained; nothing is reloaded from disk):
+
+1. sample `group_size` completions for each of `prompts_per_step` training
+   problems (token ids and logprobs kept);
+2. grade them: the world's own check, or a grader file (`grader: FILE.yaml`);
+   the reward sits on the last token of each completion;
+3. advantages: group-normalised (GRPO), without the std (Dr. GRPO), leave-one-out
+   (RLOO), batch-normalised returns (REINFORCE++), or GAE over the critic's
+   values (PPO: delta_t = r_t + gamma V(t+1) - V(t));
+4. `epochs` passes of mini-batch updates of the clipped policy loss against the
+   sampler's logprobs (the old policy), plus KL to the starting policy (as a loss
+   term, or folded into the rewards), an entropy bonus and, for PPO, the clipped
+   value loss;
+5. every `eval_every` steps, held-out greedy accuracy.
+
+`metrics.jsonl` gets one line per step with the diagnostics a practitioner
+checks (reward, accuracy, groups with no signal, KL k1/k3, entropy, clip
+fractions, approx KL old/new, grad norm, lengths and truncation, critic loss
+and explained variance, tokens/s, peak memory); `report.md` and `plots/` come
+at the end. Kill it at any moment and rerun the same command: it continues from
+the last finished step with optimiser, schedule and RNG restored, and every
+step appears exactly once in `metrics.jsonl`.
+
+With `lora`, only adapters train and the reference is the base with the
+adapters switched off (no second copy of the weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reasonloop.core import Grader, Problem, Sample, atomic_write_text, grade_sample, read_jsonl, repair_jsonl
+from reasonloop.engine import HFEngine
+from reasonloop.eval import greedy_accuracy, save_line_plot
+from reasonloop.models import load_model, save_model
+from reasonloop.recipes.common import BarFactory, no_bar, start_run
+from reasonloop.tasks import get_task
+from reasonloop.train import TrainConfig, Trainer, TrainingError, shuffled_batch
+from reasonloop.train import advantages as adv
+from reasonloop.train.actor_critic import ActorCritic
+from reasonloop.train.lora import LoraSettings, add_lora
+from reasonloop.train.rl_losses import (
+    AGGREGATES,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    kl_k1,
+    kl_k3,
+    kl_loss,
+    token_mean,
+)
+from reasonloop.train.rollout import (
+    RolloutBatch,
+    completion_logits,
+    completion_logprobs,
+    rollout_batch,
+    token_logprobs_of,
+)
+
+ALGORITHMS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "ppo")
+GROUP_BASELINES = {"grpo": adv.grpo_advantages, "dr_grpo": adv.dr_grpo_advantages, "rloo": adv.rloo_advantages}
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    """PPO's critic: a value head on the policy's backbone (`shared`) or on its own copy of the starting model."""
+
+    shared: bool = False  # one backbone for policy and critic (one forward pass), or a separate critic backbone
+    lr_scale: float = 10.0  # the critic's learning rate as a multiple of the policy's
+    coef: float = 0.5  # weight of the value loss in the total loss
+    clip: float = 0.2  # value clipping range around the values at sampling time
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """One online RL run."""
+
+    model: str = "nano"  # the starting policy (a model directory, or "nano")
+    task: str = "arith"  # a world, with options (countdown:n_numbers=3)
+    grader: str = ""  # a grader YAML file for the rewards ("" = the world's own check)
+    algorithm: str = "grpo"  # grpo, dr_grpo, rloo, reinforce_pp or ppo
+    steps: int = 100  # RL steps (sample, grade, learn)
+    prompts_per_step: int = 16  # training problems per step
+    group_size: int = 8  # completions per problem (GRPO's G)
+    epochs: int = 1  # passes over each rollout batch (mu)
+    minibatch_size: int = 0  # completions per optimiser step (0: the whole batch, one step per epoch)
+    lr: float = 3e-4  # policy learning rate
+    warmup: int = 0  # linear warm-up, in optimiser steps
+    max_grad_norm: float = 1.0  # gradient clipping
+    eps_low: float = 0.2  # lower clip range of the ratio
+    eps_high: float = 0.2  # upper clip range (DAPO's clip-higher: 0.28)
+    aggregate: str = "token_mean"  # per-token losses -> one number: token_mean, sequence_mean or constant (Dr. GRPO)
+    kl_coef: float = 0.0  # KL to the starting policy (0: no reference model is run)
+    kl_in: str = "loss"  # "loss" (k3 term, GRPO) or "reward" (k1 penalty per token, PPO / REINFORCE++)
+    entropy_coef: float = 0.0  # entropy bonus
+    temperature: float = 1.0  # sampling temperature (the policy trained is the tempered one)
+    max_new_tokens: int = 96  # generation budget per completion
+    n_train: int = 1000  # training problems (train split), cycled through in shuffled epochs
+    n_eval: int = 200  # held-out problems (test split) for greedy accuracy
+    eval_every: int = 10  # steps between held-out evaluations (and at the start and the end)
+    save_every: int = 1  # steps between checkpoints (a kill redoes at most this many steps)
+    max_batch: int = 256  # engine rows in flight
+    seed: int = 0  # problems, sampling and training derive from this
+    lora: LoraSettings | None = None  # train LoRA adapters only (e.g. lora: {r: 16}); None: every weight
+    critic: CriticConfig = field(default_factory=CriticConfig)  # PPO only
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm: unknown {self.algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+        if self.algorithm in GROUP_BASELINES and self.group_size < 2:
+            raise ValueError(
+                f"group_size: {self.algorithm} needs at least 2 completions per problem "
+                f"(with {self.group_size} every advantage is 0)"
+            )
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate: unknown {self.aggregate!r}; expected one of {', '.join(AGGREGATES)}")
+        if self.kl_in not in ("loss", "reward"):
+            raise ValueError(f"kl_in: expected 'loss' or 'reward', got {self.kl_in!r}")
+        for key in ("steps", "prompts_per_step", "group_size", "epochs", "n_train", "n_eval", "max_new_tokens"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be at least 1, got {getattr(self, key)}")
+        for key in ("minibatch_size", "eval_every", "warmup", "kl_coef", "entropy_coef", "eps_low", "eps_high"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}: must be at least 0, got {getattr(self, key)}")
+        if self.save_every < 1 or self.max_batch < 1:
+            raise ValueError("save_every and max_batch must be at least 1")
+        if not (self.lr > 0 and self.temperature > 0):
+            raise ValueError("lr and temperature must be positive")
+
+    @property
+    def rows(self) -> int:
+        """Completions per step."""
+        return self.prompts_per_step * self.group_size
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimiser steps over the whole run (what the learning-rate schedule spans)."""
+        per_epoch = math.ceil(self.rows / (self.minibatch_size or self.rows))
+        return self.steps * self.epochs * per_epoch
+
+
+def load_reward(cfg: RLConfig, task) -> Grader:
+    """The grader the rewards come from: a grader file, or the world's own check."""
+    if not cfg.grader:
+        return task.grade
+    from reasonloop.graders import load_grader
+
+    return load_grader(cfg.grader)
+
+
+def rewards_of(grader: Grader, problems: list[Problem], groups: list[list[Sample]], delimiter: str) -> torch.Tensor:
+    """Grade every sample in place; the rewards, problem-major, (N,). A grader failure stops with one line."""
+    out = []
+    for p, samples in zip(problems, groups):
+        for j, s in enumerate(samples):
+            try:
+                grade_sample(grader, p, s, delimiter)
+            except (ValueError, TypeError, ArithmeticError) as e:
+                raise TrainingError(f"reward of sample {j} of problem {p.id!r} is not a number in [0, 1]: {e}") from e
+            if s.reward is None or not math.isfinite(s.reward):
+                raise TrainingError(f"reward of sample {j} of problem {p.id!r} is {s.reward!r}, not a finite number")
+            out.append(s.reward)
+    return torch.tensor(out)
+
+
+class RLRun:
+    """The models, optimiser and references of one run, set up once (resuming from the last checkpoint)."""
+
+    def __init__(self, cfg: RLConfig, start: Path, ckpt_dir: Path):
+        self.cfg = cfg
+        policy, self.tokenizer = load_model(start)
+        if cfg.lora is not None:
+            policy = add_lora(policy, cfg.lora)
+        self.policy = policy
+        self.reference = None
+        if cfg.kl_coef > 0 and cfg.lora is None:
+            self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        module, scales = policy, None
+        if cfg.algorithm == "ppo":
+            critic_backbone = None if cfg.critic.shared else load_model(start)[0]
+            module, scales = ActorCritic(policy, critic_backbone), {"critic.": cfg.critic.lr_scale}
+        self.module = module
+        train_cfg = TrainConfig(
+            steps=cfg.optimizer_steps, lr=cfg.lr, warmup=cfg.warmup, min_lr_ratio=1.0,
+            max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, max_bad_steps=3,
+        )  # fmt: skip
+        self.trainer = Trainer(module, self.tokenizer, train_cfg, out_dir=ckpt_dir, lr_scales=scales)
+        self.engine = HFEngine(policy, self.tokenizer, max_batch=cfg.max_batch, name=str(start))
+        self.aggregate = AGGREGATES[cfg.aggregate](cfg.max_new_tokens)
+
+    @property
+    def done_steps(self) -> int:
+        return int(self.trainer.extra.get("rl_step", 0))
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """log pi_ref of the sampled tokens: the frozen copy, or the base with LoRA adapters disabled."""
+        if self.reference is not None:
+            return completion_logprobs(self.reference, batch, self.cfg.temperature)
+        with self.policy.disable_adapter():
+            return completion_logprobs(self.policy, batch, self.cfg.temperature)
+
+    def loss(self, model, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Clipped policy loss (+ KL term, entropy bonus, value loss), for `Trainer.step`."""
+        cfg = self.cfg
+        values = None
+        if isinstance(model, ActorCritic):
+            logits, values = model(batch, cfg.temperature)
+        else:
+            logits = completion_logits(model, batch, cfg.temperature)
+        logprobs = token_logprobs_of(logits, batch)
+        loss, metrics = clipped_policy_loss(
+            logprobs, batch.old_logprobs, batch.advantages, batch.mask,
+            eps_low=cfg.eps_low, eps_high=cfg.eps_high, aggregate=self.aggregate,
+        )  # fmt: skip
+        if cfg.kl_coef > 0 and cfg.kl_in == "loss":  # KL is reported on the rollout (`advantages`), not here
+            kl, _ = kl_loss(
+                logprobs, batch.ref_logprobs, batch.mask, old_logprobs=batch.old_logprobs, aggregate=self.aggregate
+            )
+            loss = loss + cfg.kl_coef * kl
+        with torch.set_grad_enabled(cfg.entropy_coef > 0):
+            entropy = token_mean(entropy_from_logits(logits), batch.mask)
+        if cfg.entropy_coef > 0:
+            loss = loss - cfg.entropy_coef * entropy
+        metrics["entropy"] = entropy.item()
+        if values is not None:
+            v_loss, v_metrics = clipped_value_loss(
+                values, batch.old_values, batch.returns, batch.mask, clip=cfg.critic.clip, aggregate=self.aggregate
+            )
+            loss = loss + cfg.critic.coef * v_loss
+            metrics.update(v_metrics)
+        return loss, metrics
+
+    def advantages(self, batch: RolloutBatch, rewards: torch.Tensor) -> dict[str, float]:
+        """Fill `batch.advantages` (and the critic's targets for PPO) from the outcome `rewards` (N,)."""
+        cfg, mask = self.cfg, batch.mask
+        last = mask.sum(dim=1).long() - 1  # (B,) index of each completion's last token
+        token_rewards = torch.zeros_like(mask)
+        token_rewards[torch.arange(len(batch)), last] = rewards
+        info: dict[str, float] = {}
+        if cfg.kl_coef > 0:
+            k1, k3 = kl_k1(batch.old_logprobs, batch.ref_logprobs), kl_k3(batch.old_logprobs, batch.ref_logprobs)
+            info = {"kl_k1": token_mean(k1, mask).item(), "kl_k3": token_mean(k3, mask).item()}
+            if cfg.kl_in == "reward":
+                token_rewards = token_rewards - cfg.kl_coef * k1 * mask
+        if cfg.algorithm in GROUP_BASELINES:
+            seq = GROUP_BASELINES[cfg.algorithm](adv.sequence_rewards(token_rewards, mask), cfg.group_size)
+            batch.advantages = adv.broadcast_to_tokens(seq, mask)
+        elif cfg.algorithm == "reinforce_pp":
+            batch.advantages = adv.reinforce_pp_advantages(token_rewards, mask)
+        else:
+            with torch.no_grad():
+                _, values = self.module(batch, cfg.temperature)
+            batch.old_values = values * mask
+            gae, batch.returns = adv.gae(token_rewards, batch.old_values, mask, cfg.critic.gamma, cfg.critic.lam)
+            batch.advantages = adv.whiten(gae, mask)
+        return info
+
+    def update(self, batch: RolloutBatch, step: int) -> dict[str, float]:
+        """`epochs` passes of mini-batch optimiser steps over `batch`; the mean of their metrics."""
+        cfg = self.cfg
+        size = cfg.minibatch_size or len(batch)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        records = []
+        for _ in range(cfg.epochs):
+            order = torch.randperm(len(batch), generator=gen)
+            for i in range(0, len(batch), size):
+                record = self.trainer.step([batch.select(order[i : i + size])], self.loss)
+                if record is not None:
+                    records.append(record)
+        keys = {k for r in records for k in r} - {"step", "elapsed_s"}
+        return {k: sum(r[k] for r in records if k in r) / max(1, sum(k in r for r in records)) for k in keys}
+
+
+def run_rl(cfg: RLConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=print) -> dict[str, Any]:
+    """Run (or resume) online RL; returns the final held-out accuracy and the per-step records."""
+    grader = load_reward(cfg, get_task(cfg.task))  # a grader file that does not load fails here, before anything
+    setup = start_run(cfg, run_dir)
+    run, task = setup.run, setup.task
+    rl = RLRun(cfg, setup.model, run.checkpoint("train"))
+    records = _metrics_through(run.path / "metrics.jsonl", rl.done_steps)
+    extra = rl.trainer.extra
+    tokens_sampled, seconds = int(extra.get("tokens_sampled", 0)), float(extra.get("seconds", 0.0))
+
+    def evaluate() -> float:
+        return greedy_accuracy(rl.engine, grader, setup.test, cfg.max_new_tokens)
+
+    if not records:
+        acc0 = evaluate()
+        records.append(_log(run, {"step": 0, "held_out_accuracy": acc0, "tokens_sampled": 0, "seconds": 0.0}))
+    log(f"{cfg.algorithm}: step {rl.done_steps} of {cfg.steps}, held-out greedy accuracy "
+        f"{100 * next(r['held_out_accuracy'] for r in reversed(records) if 'held_out_accuracy' in r):.1f}%")  # fmt: skip
+    with bar(cfg.steps - rl.done_steps, f"{cfg.algorithm} on {cfg.task}") as advance:
+        for step in range(rl.done_steps, cfg.steps):
+            t0 = time.perf_counter()
+            problems = [setup.train[i] for i in shuffled_batch(step, len(setup.train), cfg.prompts_per_step, cfg.seed)]
+            before = rl.engine.counts.generated
+            groups = rl.engine.generate(
+                [p.prompt for p in problems], cfg.group_size, temperature=cfg.temperature,
+                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + step,
+            )  # fmt: skip
+            generated = rl.engine.counts.generated - before
+            t_rollout = time.perf_counter() - t0
+            rewards = rewards_of(grader, problems, groups, task.step_delimiter)
+            samples = [s for g in groups for s in g]
+            batch = rollout_batch(samples, rl.tokenizer.pad_token_id or 0)
+            t1 = time.perf_counter()
+            if cfg.temperature != 1.0:  # the sampler's logprobs are untempered: recompute the tempered ones
+                with torch.no_grad():
+                    batch.old_logprobs = completion_logprobs(rl.policy, batch, cfg.temperature)
+            if cfg.kl_coef > 0:
+                batch.ref_logprobs = rl.reference_logprobs(batch)
+            info = rl.advantages(batch, rewards)
+            t_prep = time.perf_counter() - t1
+            updated = rl.update(batch, step)
+            t_update = time.perf_counter() - t1 - t_prep
+            tokens_sampled += generated
+            seconds += time.perf_counter() - t0
+            record = {
+                "step": step + 1,
+                **_rollout_stats(samples, rewards, cfg),
+                **info,
+                **updated,
+                "tokens_sampled": tokens_sampled,
+                "rollout_s": t_rollout,
+                "prep_s": t_prep,
+                "update_s": t_update,
+                "rollout_tokens_per_s": generated / max(t_rollout, 1e-9),
+                "update_tokens_per_s": cfg.epochs * int(batch.mask.sum()) / max(t_update, 1e-9),
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+            if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
+                record["held_out_accuracy"] = evaluate()
+            record["seconds"] = seconds
+            records.append(_log(run, record))
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+                rl.trainer.save({"rl_step": step + 1, "tokens_sampled": tokens_sampled, "seconds": seconds})
+            acc = f" | held-out {100 * record['held_out_accuracy']:.1f}%" if "held_out_accuracy" in record else ""
+            advance(status=f"reward {record['reward_mean']:.2f} | kl {record.get('kl_k3', 0.0):.3f}{acc}")
+    final = run.checkpoint("final")
+    if not (final / "config.json").exists():
+        policy = rl.policy.merge_and_unload() if cfg.lora is not None else rl.policy
+        save_model(policy, rl.tokenizer, final)
+    write_report(run.path, cfg, records)
+    accs = [r["held_out_accuracy"] for r in records if "held_out_accuracy" in r]
+    return {"start_accuracy": accs[0], "final_accuracy": accs[-1], "records": records, "model": final}
+
+
+def _rollout_stats(samples: list[Sample], rewards: torch.Tensor, cfg: RLConfig) -> dict[str, float]:
+    groups = rewards.view(-1, cfg.group_size)
+    lengths = torch.tensor([len(s.token_ids) for s in samples], dtype=torch.float)
+    return {
+        "reward_mean": rewards.mean().item(),
+        "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
+        "accuracy": (rewards == 1.0).float().mean().item(),
+        "no_signal_groups": (groups == groups[:, :1]).all(dim=1).float().mean().item(),
+        "length_mean": lengths.mean().item(),
+        "truncated": sum(s.meta.get("finish_reason") == "length" for s in samples) / len(samples),
+    }
+
+
+def _log(run, record: dict[str, Any]) -> dict[str, Any]:
+    run.log_metrics(**record)
+    return record
+
+
+def _metrics_through(path: Path, step: int) -> list[dict[str, Any]]:
+    """The logged records of steps 0..`step`; lines of later steps (logged before a kill, not checkpointed) are
+    dropped from the file, so each step is logged exactly once when the run redoes them."""
+    if not path.exists():
+        return []
+    repair_jsonl(path)
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    seen: dict[int, dict[str, Any]] = {r["step"]: r for r in kept}  # a step logged twice keeps its last line
+    kept = [seen[s] for s in sorted(seen)]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def write_report(path: Path, cfg: RLConfig, records: list[dict[str, Any]]) -> None:
+    """report.md with the run's figures; plots of reward and held-out accuracy against steps and sampled tokens,
+    and of KL to the start against steps."""
+    steps = [r for r in records if r["step"] > 0]
+    evals = [r for r in records if "held_out_accuracy" in r]
+    plots = path / "plots"
+    if steps:
+        xs = [r["step"] for r in steps]
+        save_line_plot(plots / "reward.png", xs, {"reward (train samples)": [r["reward_mean"] for r in steps]},
+                       xlabel="step", ylabel="mean reward", title=f"{cfg.algorithm} on {cfg.task}", xticks=False)  # fmt: skip
+        if cfg.kl_coef > 0:
+            save_line_plot(plots / "kl.png", xs, {"k1": [r["kl_k1"] for r in steps], "k3": [r["kl_k3"] for r in steps]},
+                           xlabel="step", ylabel="KL to the start", title="KL(policy || start)", xticks=False)  # fmt: skip
+    acc = {"held-out greedy accuracy (%)": [100 * r["held_out_accuracy"] for r in evals]}
+    save_line_plot(plots / "accuracy_vs_steps.png", [r["step"] for r in evals], acc,
+                   xlabel="step", ylabel="accuracy (%)", title=f"{cfg.algorithm} on {cfg.task}", xticks=False)  # fmt: skip
+    save_line_plot(plots / "accuracy_vs_tokens.png", [r["tokens_sampled"] for r in evals], acc,
+                   xlabel="tokens sampled", ylabel="accuracy (%)", title=f"{cfg.algorithm} on {cfg.task}", xticks=False)  # fmt: skip
+    last = steps[-1] if steps else {}
+    lines = [
+        f"# {cfg.algorithm} on `{cfg.task}`",
+        "",
+        f"Start `{cfg.model}`; {cfg.steps} steps of {cfg.prompts_per_step} problems x {cfg.group_size} samples; "
+        f"{cfg.epochs} epoch(s), mini-batch {cfg.minibatch_size or cfg.rows}; lr {cfg.lr}; KL coefficient "
+        f"{cfg.kl_coef} (in the {cfg.kl_in}); loss aggregation {cfg.aggregate}; "
+        f"{'LoRA r=' + str(cfg.lora.r) if cfg.lora else 'full fine-tuning'}.",
+        "",
+        "| step | tokens sampled | held-out greedy accuracy |",
+        "|---|---|---|",
+        *(f"| {r['step']} | {r['tokens_sampled']:,} | {100 * r['held_out_accuracy']:.1f}% |" for r in evals),
+        "",
+        f"Last step: reward {last.get('reward_mean', float('nan')):.3f}, entropy {last.get('entropy', float('nan')):.3f}, "
+        f"{last.get('rollout_tokens_per_s', 0):.0f} rollout tokens/s, {last.get('update_tokens_per_s', 0):.0f} update "
+        f"tokens/s, peak RSS {last.get('peak_rss_mib', 0):.0f} MiB; wall time {last.get('seconds', 0):.0f} s.",
+        "",
+        "![accuracy vs steps](plots/accuracy_vs_steps.png) ![accuracy vs tokens](plots/accuracy_vs_tokens.png)",
+        "![reward](plots/reward.png)" + (" ![kl](plots/kl.png)" if cfg.kl_coef > 0 else ""),
+        "",
+    ]
+    atomic_write_text(path / "report.md", "\n".join(lines))
