@@ -99,3 +99,41 @@ def test_sample_and_problem_roundtrip():
         Sample.from_dict({"problem_id": "p", "text": "", "bogus": 1})
     p = Problem("id", "Q", "3", {"k": 1})
     assert Problem.from_dict(p.to_dict()) == p
+
+
+def test_bounded_fields_refuse_out_of_range_values_naming_the_key(tmp_path):
+    import argparse
+    from dataclasses import dataclass
+
+    from reasonloop.core.config import bounded, from_dict, ranged
+
+    @dataclass(frozen=True)
+    class Knobs:
+        n: int = bounded(4, ge=1)  # at least one
+        p: float = bounded(1.0, gt=0, le=1)  # a probability mass
+        free: float = 0.5  # no declared range
+
+    assert from_dict(Knobs, {"n": 1, "p": 1}) == Knobs(1, 1.0)
+    assert from_dict(Knobs, {"free": -7}).free == -7  # undeclared: any number
+    for data, message in [
+        ({"n": 0}, "knobs.yaml: key 'n' must be >= 1, got 0"),
+        ({"n": -1}, "knobs.yaml: key 'n' must be >= 1, got -1"),
+        ({"p": 0}, "knobs.yaml: key 'p' must be in (0, 1], got 0.0"),
+        ({"p": 2}, "knobs.yaml: key 'p' must be in (0, 1], got 2.0"),
+        ({"p": float("nan")}, "knobs.yaml: key 'p' must be in (0, 1], got nan"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            from_dict(Knobs, data, source="knobs.yaml")
+        assert str(e.value) == message
+    with pytest.raises(ConfigError, match="expected a mapping of keys to values, got list"):
+        from_dict(Knobs, [1, 2], source="knobs.yaml")  # type: ignore[arg-type]
+    # the same range on a command-line flag
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=ranged(int, ge=1))
+    assert parser.parse_args(["--n", "2"]).n == 2
+    with pytest.raises(argparse.ArgumentTypeError, match="must be >= 1, got 0"):
+        ranged(int, ge=1)("0")
+    with pytest.raises(argparse.ArgumentTypeError, match="expected float, got 'x'"):
+        ranged(float, gt=0)("x")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"must be > 0, got inf"):
+        ranged(float, gt=0)("inf")

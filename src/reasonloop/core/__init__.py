@@ -1,6 +1,6 @@
 """Layer 1: problems, samples, steps, run directories, atomic JSONL, seeding, the Generator protocol."""
 
-from reasonloop.core.config import defaults_of, from_dict, load_config, to_dict
+from reasonloop.core.config import Range, bounded, defaults_of, from_dict, load_config, ranged, to_dict
 from reasonloop.core.generator import Generator, TokenCounts
 from reasonloop.core.jsonl import JsonlWriter, atomic_write_json, atomic_write_text, read_jsonl, repair_jsonl
 from reasonloop.core.rundir import RunDir
@@ -21,15 +21,18 @@ __all__ = [
     "Generator",
     "JsonlWriter",
     "Problem",
+    "Range",
     "ReasonloopError",
     "RunDir",
     "Sample",
     "TokenCounts",
     "atomic_write_json",
+    "bounded",
     "atomic_write_text",
     "from_dict",
     "join_steps",
     "load_config",
+    "ranged",
     "read_jsonl",
     "repair_jsonl",
     "seed_everything",
