@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from reasonloop.core import Problem
 from reasonloop.graders.base import Grade, as_text, extract_json, grades_missing_fields_zero, item_fields, render
-from reasonloop.graders.sandbox import SandboxLimits, run_sandboxed
+from reasonloop.graders.sandbox import ISOLATION, SandboxLimits, run_sandboxed
 
 # Runs inside the sandbox. Reads {"nonce", "mode", ...} from stdin, writes "<nonce> <json>" to the result fd.
 BOOT = r"""
@@ -57,10 +57,13 @@ class PythonConfig:
     memory_mb: int = 1024  # address-space limit
     max_processes: int = 32  # process and thread limit
     max_output_bytes: int = 65536  # stdout/stderr kept for the reason
+    isolation: str = "auto"  # auto (bwrap, else our namespaces; $REASONLOOP_SANDBOX), bwrap, namespaces or weak
 
     def __post_init__(self) -> None:
         if (self.source is None) == (self.tests is None):
             raise ValueError("give exactly one of 'source' (a grade(sample, item) function) or 'tests'")
+        if self.isolation not in ISOLATION:
+            raise ValueError(f"key 'isolation' must be one of {', '.join(ISOLATION)}, got {self.isolation!r}")
 
     @property
     def limits(self) -> SandboxLimits:
@@ -70,6 +73,7 @@ class PythonConfig:
             memory_mb=self.memory_mb,
             max_processes=self.max_processes,
             max_output_bytes=self.max_output_bytes,
+            isolation=self.isolation,
         )
 
 
