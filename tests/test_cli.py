@@ -369,3 +369,94 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_eval", interrupted)
     assert main(["eval"]) == 130
     assert capsys.readouterr().err == "interrupted: rerun the same command to resume\n"
+
+
+# --- one writer per output file ------------------------------------------------------------------------------
+
+
+def test_two_samplers_on_one_output_the_second_refuses_and_a_rerun_after_kill_9_takes_over(built, tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "s.jsonl"
+    argv = ["sample", "--model", str(built), "--num-problems", "30", "--n", "2", "--max-new-tokens", "24"]
+    argv += ["--max-batch", "2", "--output", str(out)]  # one problem per generate call: written a line at a time
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    first = subprocess.Popen(
+        [sys.executable, "-c", f"from reasonloop.cli import main; main({argv!r})"],
+        env={**os.environ, "PYTHONPATH": src},
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        t0 = time.time()
+        while (not out.exists() or out.read_bytes().count(b"\n") < 4) and time.time() - t0 < 120:
+            assert first.poll() is None, "the first sampler ended before the second one started"
+            time.sleep(0.05)
+        err = _one_line_error(argv, capsys)
+        assert err == (
+            f"error: output file {out} is being written by another process (pid {first.pid}); "
+            "one writer at a time: wait for it or stop it"
+        )
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert main(argv) == 0  # the killed writer's lock is taken over; it resumes where the first one stopped
+    keys = [(r["problem_id"], r["meta"]["sample_index"]) for r in read_jsonl(out)]
+    assert len(keys) == len(set(keys)) == 60
+
+
+def test_a_second_grader_on_one_output_refuses(bad, tmp_path, capsys):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "graded.jsonl"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    code = (
+        "import sys, time\nfrom reasonloop.core.lock import output_lock\n"
+        f"output_lock({str(out)!r}).acquire()\nprint('holding', flush=True)\ntime.sleep(120)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": src}
+    )
+    argv = ["grade", "--grader", str(bad / "gsm8k.yaml"), "--input", str(bad / "good.jsonl"), "--output", str(out)]
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        assert f"(pid {holder.pid})" in _one_line_error(argv, capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main([*argv, "--workers", "0"]) == 0 and [r["score"] for r in read_jsonl(out)] == [1.0]
+
+
+def test_two_star_runs_on_one_run_dir_the_second_refuses_and_a_rerun_after_kill_9_takes_over(built, tmp_path, capsys):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    sets = [f"model={built}", "n_train=8", "n_eval=2", "rounds=1", "samples=2", "max_new_tokens=16", "epochs=1"]
+    argv = ["star", "--run-dir", str(run), *(x for s in [*sets, "batch_size=4"] for x in ("--set", s))]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    first = subprocess.Popen(
+        [sys.executable, "-c", f"from reasonloop.cli import main; main({argv!r})"],
+        env={**os.environ, "PYTHONPATH": src},
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        t0 = time.time()
+        while not ((run / ".lock").exists() and (run / ".lock").read_text() == f"{first.pid}\n"):
+            assert first.poll() is None and time.time() - t0 < 120, "the first run never took its run directory"
+            time.sleep(0.02)
+        err = _one_line_error(argv, capsys)
+        assert f"error: run directory {run} is being written by another process (pid {first.pid})" in err
+    finally:
+        first.kill()
+        first.wait()
+    assert main(argv) == 0  # takes over the killed run's directory and finishes it
+    state = json.loads((run / "state.json").read_text())
+    assert [r["round"] for r in state["rounds"]] == [1] and (run / "checkpoints" / "round1" / "config.json").exists()

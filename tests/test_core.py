@@ -137,3 +137,50 @@ def test_bounded_fields_refuse_out_of_range_values_naming_the_key(tmp_path):
         ranged(float, gt=0)("x")
     with pytest.raises(argparse.ArgumentTypeError, match=r"must be > 0, got inf"):
         ranged(float, gt=0)("inf")
+
+
+HOLD = """
+import sys, time
+from reasonloop.core import RunDir
+from reasonloop.core.lock import output_lock
+held = RunDir(sys.argv[1]) if sys.argv[2] == "run" else output_lock(sys.argv[1]).acquire()
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def _holder(path, kind: str):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), kind], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline() == "holding\n"
+    return proc
+
+
+def test_a_run_directory_has_one_writer_and_a_killed_writers_lock_is_taken_over(tmp_path):
+    from reasonloop.core.lock import LockedError
+
+    holder = _holder(tmp_path / "run", "run")
+    try:
+        with pytest.raises(LockedError) as e:
+            RunDir(tmp_path / "run")
+        assert str(e.value) == (
+            f"run directory {tmp_path / 'run'} is being written by another process (pid {holder.pid}); "
+            "one writer at a time: wait for it or stop it"
+        )
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs, the kernel drops the lock
+        holder.wait()
+    assert (tmp_path / "run" / ".lock").read_text() == f"{holder.pid}\n"  # the stale pid is still written there
+    run = RunDir(tmp_path / "run")
+    again = RunDir(tmp_path / "run")  # the same process may hold it twice
+    assert (tmp_path / "run" / ".lock").read_text() == f"{os.getpid()}\n"
+    run.close()
+    again.close()
+    holder = _holder(tmp_path / "run", "run")  # closed: another process takes it
+    holder.kill()
+    holder.wait()

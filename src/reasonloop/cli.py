@@ -176,9 +176,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample completions to JSONL; rerunning resumes after the last problem fully written."""
-    from reasonloop.core import JsonlWriter, set_threads
-    from reasonloop.engine import HFEngine
-    from reasonloop.eval import grade
+    from reasonloop.core import set_threads
+    from reasonloop.core.lock import output_lock
 
     set_threads(args.threads)
     out = Path(args.output)
@@ -186,6 +185,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise DataError(f"{out}: --output is a directory; give a JSONL file path")
     task = _task_from_args(args)
     problems = task.problems(args.split, args.num_problems, seed=args.seed)
+    with output_lock(out):  # one writer per output file; released when this command returns
+        return _sample_into(args, task, problems, out)
+
+
+def _sample_into(args: argparse.Namespace, task, problems, out: Path) -> int:
+    from reasonloop.core import JsonlWriter
+    from reasonloop.engine import HFEngine
+    from reasonloop.eval import grade
+
     done = _sampled_counts(out)
     todo = [p for p in problems if done.get(p.id, 0) < args.n]
     if not todo:

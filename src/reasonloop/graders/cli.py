@@ -20,6 +20,7 @@ from typing import Any
 
 from reasonloop.core import DataError, JsonlWriter, Problem, ReasonloopError, ranged, repair_jsonl
 from reasonloop.core.jsonl import read_jsonl_numbered
+from reasonloop.core.lock import output_lock
 
 PROMPT_FIELDS = ("prompt", "question", "problem")
 OUTPUT_FIELDS = ("score", "parsed", "reason", "details")
@@ -45,8 +46,6 @@ def read_items(path: Path) -> list[tuple[dict[str, Any], Problem, str]]:
 
 def check_output(out: Path, inp: Path, items: list[tuple[dict[str, Any], Problem, str]]) -> int:
     """How many items `out` already grades; an output of another input or of another kind is an error."""
-    if out.is_dir():
-        raise DataError(f"{out}: --output is a directory; give a JSONL file path")
     if not out.exists():
         return 0
     repair_jsonl(out)
@@ -61,10 +60,17 @@ def check_output(out: Path, inp: Path, items: list[tuple[dict[str, Any], Problem
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from reasonloop.graders import iter_grades, load_grader
-
     inp, out = Path(args.input), Path(args.output)
     items = read_items(inp)  # every input and output check before a judge model is loaded
+    if out.is_dir():
+        raise DataError(f"{out}: --output is a directory; give a JSONL file path")
+    with output_lock(out):  # one writer per output file
+        return _grade_into(args, inp, out, items)
+
+
+def _grade_into(args: argparse.Namespace, inp: Path, out: Path, items: list) -> int:
+    from reasonloop.graders import iter_grades, load_grader
+
     done = check_output(out, inp, items)
     generator = None
     if args.judge_model:
