@@ -374,34 +374,41 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
 # --- one writer per output file ------------------------------------------------------------------------------
 
 
-def test_two_samplers_on_one_output_the_second_refuses_and_a_rerun_after_kill_9_takes_over(built, tmp_path, capsys):
-    import signal
+def _cli_in_another_process(argv: list[str], until, what: str):
+    """Start `reasonloop argv` in a subprocess and return it once `until()` holds (it must still be running)."""
     import subprocess
     import sys
     import time
     from pathlib import Path
 
-    out = tmp_path / "s.jsonl"
-    argv = ["sample", "--model", str(built), "--num-problems", "30", "--n", "2", "--max-new-tokens", "24"]
-    argv += ["--max-batch", "2", "--output", str(out)]  # one problem per generate call: written a line at a time
     src = str(Path(__file__).resolve().parents[1] / "src")
-    first = subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-c", f"from reasonloop.cli import main; main({argv!r})"],
         env={**os.environ, "PYTHONPATH": src},
         stderr=subprocess.DEVNULL,
     )
+    t0 = time.time()
+    while not until():
+        if proc.poll() is not None or time.time() - t0 > 120:
+            proc.kill()
+            pytest.fail(f"the first process ended or stalled before {what}")
+        time.sleep(0.02)
+    return proc
+
+
+def test_two_samplers_on_one_output_the_second_refuses_and_a_rerun_after_kill_9_takes_over(built, tmp_path, capsys):
+    out = tmp_path / "s.jsonl"
+    argv = ["sample", "--model", str(built), "--num-problems", "30", "--n", "2", "--max-new-tokens", "24"]
+    argv += ["--max-batch", "2", "--output", str(out)]  # one problem per generate call: written a line at a time
+    first = _cli_in_another_process(argv, lambda: out.exists() and out.read_bytes().count(b"\n") >= 4, "sampling")
     try:
-        t0 = time.time()
-        while (not out.exists() or out.read_bytes().count(b"\n") < 4) and time.time() - t0 < 120:
-            assert first.poll() is None, "the first sampler ended before the second one started"
-            time.sleep(0.05)
         err = _one_line_error(argv, capsys)
         assert err == (
             f"error: output file {out} is being written by another process (pid {first.pid}); "
             "one writer at a time: wait for it or stop it"
         )
     finally:
-        first.send_signal(signal.SIGKILL)
+        first.kill()  # SIGKILL
         first.wait()
     assert main(argv) == 0  # the killed writer's lock is taken over; it resumes where the first one stopped
     keys = [(r["problem_id"], r["meta"]["sample_index"]) for r in read_jsonl(out)]
@@ -433,25 +440,13 @@ def test_a_second_grader_on_one_output_refuses(bad, tmp_path, capsys):
 
 
 def test_two_star_runs_on_one_run_dir_the_second_refuses_and_a_rerun_after_kill_9_takes_over(built, tmp_path, capsys):
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     run = tmp_path / "run"
     sets = [f"model={built}", "n_train=8", "n_eval=2", "rounds=1", "samples=2", "max_new_tokens=16", "epochs=1"]
     argv = ["star", "--run-dir", str(run), *(x for s in [*sets, "batch_size=4"] for x in ("--set", s))]
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    first = subprocess.Popen(
-        [sys.executable, "-c", f"from reasonloop.cli import main; main({argv!r})"],
-        env={**os.environ, "PYTHONPATH": src},
-        stderr=subprocess.DEVNULL,
-    )
+    lock = run / ".lock"
+    first = _cli_in_another_process(argv, lambda: lock.exists() and lock.read_text().strip().isdigit(), "locking")
     try:
-        t0 = time.time()
-        while not ((run / ".lock").exists() and (run / ".lock").read_text() == f"{first.pid}\n"):
-            assert first.poll() is None and time.time() - t0 < 120, "the first run never took its run directory"
-            time.sleep(0.02)
+        assert lock.read_text() == f"{first.pid}\n"
         err = _one_line_error(argv, capsys)
         assert f"error: run directory {run} is being written by another process (pid {first.pid})" in err
     finally:
