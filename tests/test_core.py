@@ -99,3 +99,88 @@ def test_sample_and_problem_roundtrip():
         Sample.from_dict({"problem_id": "p", "text": "", "bogus": 1})
     p = Problem("id", "Q", "3", {"k": 1})
     assert Problem.from_dict(p.to_dict()) == p
+
+
+def test_bounded_fields_refuse_out_of_range_values_naming_the_key(tmp_path):
+    import argparse
+    from dataclasses import dataclass
+
+    from reasonloop.core.config import bounded, from_dict, ranged
+
+    @dataclass(frozen=True)
+    class Knobs:
+        n: int = bounded(4, ge=1)  # at least one
+        p: float = bounded(1.0, gt=0, le=1)  # a probability mass
+        free: float = 0.5  # no declared range
+
+    assert from_dict(Knobs, {"n": 1, "p": 1}) == Knobs(1, 1.0)
+    assert from_dict(Knobs, {"free": -7}).free == -7  # undeclared: any number
+    for data, message in [
+        ({"n": 0}, "knobs.yaml: key 'n' must be >= 1, got 0"),
+        ({"n": -1}, "knobs.yaml: key 'n' must be >= 1, got -1"),
+        ({"p": 0}, "knobs.yaml: key 'p' must be in (0, 1], got 0.0"),
+        ({"p": 2}, "knobs.yaml: key 'p' must be in (0, 1], got 2.0"),
+        ({"p": float("nan")}, "knobs.yaml: key 'p' must be in (0, 1], got nan"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            from_dict(Knobs, data, source="knobs.yaml")
+        assert str(e.value) == message
+    with pytest.raises(ConfigError, match="expected a mapping of keys to values, got list"):
+        from_dict(Knobs, [1, 2], source="knobs.yaml")  # type: ignore[arg-type]
+    # the same range on a command-line flag
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=ranged(int, ge=1))
+    assert parser.parse_args(["--n", "2"]).n == 2
+    with pytest.raises(argparse.ArgumentTypeError, match="must be >= 1, got 0"):
+        ranged(int, ge=1)("0")
+    with pytest.raises(argparse.ArgumentTypeError, match="expected float, got 'x'"):
+        ranged(float, gt=0)("x")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"must be > 0, got inf"):
+        ranged(float, gt=0)("inf")
+
+
+HOLD = """
+import sys, time
+from reasonloop.core import RunDir
+from reasonloop.core.lock import output_lock
+held = RunDir(sys.argv[1]) if sys.argv[2] == "run" else output_lock(sys.argv[1]).acquire()
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def _holder(path, kind: str):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), kind], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline() == "holding\n"
+    return proc
+
+
+def test_a_run_directory_has_one_writer_and_a_killed_writers_lock_is_taken_over(tmp_path):
+    from reasonloop.core.lock import LockedError
+
+    holder = _holder(tmp_path / "run", "run")
+    try:
+        with pytest.raises(LockedError) as e:
+            RunDir(tmp_path / "run")
+        assert str(e.value) == (
+            f"run directory {tmp_path / 'run'} is being written by another process (pid {holder.pid}); "
+            "one writer at a time: wait for it or stop it"
+        )
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs, the kernel drops the lock
+        holder.wait()
+    assert (tmp_path / "run" / ".lock").read_text() == f"{holder.pid}\n"  # the stale pid is still written there
+    run = RunDir(tmp_path / "run")
+    again = RunDir(tmp_path / "run")  # the same process may hold it twice
+    assert (tmp_path / "run" / ".lock").read_text() == f"{os.getpid()}\n"
+    run.close()
+    again.close()
+    holder = _holder(tmp_path / "run", "run")  # closed: another process takes it
+    holder.kill()
+    holder.wait()

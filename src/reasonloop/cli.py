@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from reasonloop.core import ReasonloopError
+from reasonloop.core import DataError, ReasonloopError, ranged
 from reasonloop.core.paths import reasonloop_home, resolve_model
 
 NANO_DIR = reasonloop_home() / "nano"
@@ -133,9 +133,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from reasonloop.eval import EvalConfig, evaluate, summary_rows
 
     set_threads(getattr(args, "threads", None))
+    if Path(args.output).is_dir():
+        raise DataError(f"{args.output}: --output is a directory; give a JSON file path")
     task = _task_from_args(args)
-    engine = HFEngine.from_pretrained(resolve_model(args.model), max_batch=args.max_batch)
     problems = task.problems(args.split, args.num_problems, seed=args.seed)
+    engine = HFEngine.from_pretrained(resolve_model(args.model), max_batch=args.max_batch)
+    check_prompts(engine, problems)
     cfg = EvalConfig(
         n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
     )
@@ -173,25 +176,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample completions to JSONL; rerunning resumes after the last problem fully written."""
-    from reasonloop.core import JsonlWriter, grade_sample, read_jsonl, set_threads
-    from reasonloop.engine import HFEngine
+    from reasonloop.core import set_threads
+    from reasonloop.core.lock import output_lock
 
     set_threads(args.threads)
+    out = Path(args.output)
+    if out.is_dir():
+        raise DataError(f"{out}: --output is a directory; give a JSONL file path")
     task = _task_from_args(args)
     problems = task.problems(args.split, args.num_problems, seed=args.seed)
-    out = Path(args.output)
-    done: dict[str, int] = {}
-    if out.exists():
-        from reasonloop.core import repair_jsonl
+    with output_lock(out):  # one writer per output file; released when this command returns
+        return _sample_into(args, task, problems, out)
 
-        repair_jsonl(out)
-        for rec in read_jsonl(out):
-            done[rec["problem_id"]] = done.get(rec["problem_id"], 0) + 1
+
+def _sample_into(args: argparse.Namespace, task, problems, out: Path) -> int:
+    from reasonloop.core import JsonlWriter, grade_sample
+    from reasonloop.engine import HFEngine
+
+    done = _sampled_counts(out)
     todo = [p for p in problems if done.get(p.id, 0) < args.n]
     if not todo:
         _console().print(f"all {len(problems)} problems already sampled in {out}")
         return 0
     engine = HFEngine.from_pretrained(resolve_model(args.model), max_batch=args.max_batch)
+    check_prompts(engine, todo)
     batch = max(1, args.max_batch // args.n)
     with progress_bar(len(todo) * args.n, f"sampling {task.name}") as advance, JsonlWriter(out) as w:
         for b in range(0, len(todo), batch):
@@ -211,6 +219,39 @@ def cmd_sample(args: argparse.Namespace) -> int:
                     w.write(grade_sample(task.grade, p, s, task.step_delimiter).to_dict())
     _console().print(f"wrote {len(todo) * args.n} samples to {out}")
     return 0
+
+
+def _sampled_counts(out: Path) -> dict[str, int]:
+    """Samples already in `out` per problem id; a file that `sample` did not write is a one-line error."""
+    from reasonloop.core import repair_jsonl
+    from reasonloop.core.jsonl import read_jsonl_numbered
+
+    done: dict[str, int] = {}
+    if not out.exists():
+        return done
+    repair_jsonl(out)
+    for lineno, rec in read_jsonl_numbered(out):
+        meta = rec.get("meta")
+        if not isinstance(rec.get("problem_id"), str) or not isinstance(meta, dict) or "sample_index" not in meta:
+            raise DataError(
+                f"{out}:{lineno}: not a samples file of `reasonloop sample` (no problem_id and meta.sample_index); "
+                "give a new --output"
+            )
+        done[rec["problem_id"]] = done.get(rec["problem_id"], 0) + 1
+    return done
+
+
+def check_prompts(engine, problems) -> None:
+    """Refuse, before generating, a prompt the model cannot take: empty, or longer than its context (a 50 MB
+    question would otherwise be tokenised and fed whole). The error names the problem's file:line."""
+    context = getattr(engine.model.config, "max_position_embeddings", None)
+    for p in problems:
+        where = f"{p.meta['source']}:{p.meta['source_line']}" if "source_line" in p.meta else f"problem {p.id}"
+        n_tokens = len(engine.tokenizer(p.prompt)["input_ids"])
+        if n_tokens == 0:
+            raise DataError(f"{where}: empty prompt")
+        if context and n_tokens > context:
+            raise DataError(f"{where}: prompt is {n_tokens:,} tokens, longer than the model's context ({context:,})")
 
 
 # --- demo ----------------------------------------------------------------------
@@ -332,6 +373,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------
 
 
+class UsageError(ReasonloopError):
+    """A bad command line (unknown flag, missing argument, value out of range)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, like every other input error: `error: reasonloop eval: argument ...`."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="arith", help="arith, countdown, gsm8k or math (default: arith)")
     p.add_argument("--data", help="JSONL file for the gsm8k and math tasks")
@@ -339,22 +391,26 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
         "--task-option", action="append", metavar="KEY=VALUE", help="world knob, e.g. max_ops=5 (repeatable)"
     )
     p.add_argument("--split", default="test", choices=["train", "test"], help="problem split (default: test)")
-    p.add_argument("--num-problems", type=int, default=200, help="how many problems (default: 200)")
+    p.add_argument("--num-problems", type=ranged(int, ge=1), default=200, help="how many problems (default: 200)")
 
 
-def _add_gen_args(p: argparse.ArgumentParser, n_default: int) -> None:
+def _add_gen_args(p: argparse.ArgumentParser, n_default: int, n_min: int = 1) -> None:
     p.add_argument("--model", default="nano", help="model directory, or 'nano' for the built-in model (default)")
-    p.add_argument("--n", type=int, default=n_default, help=f"samples per problem (default: {n_default})")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="generation budget (default: 128)")
-    p.add_argument("--max-batch", type=int, default=256, help="rows decoded at once; bounds KV-cache memory")
-    p.add_argument("--seed", type=int, default=0, help="problem and sampling seed (default: 0)")
+    p.add_argument(
+        "--n", type=ranged(int, ge=n_min), default=n_default, help=f"samples per problem (default: {n_default})"
+    )
+    p.add_argument("--temperature", type=ranged(float, ge=0), default=1.0, help="sampling temperature; 0: greedy")
+    p.add_argument("--top-p", type=ranged(float, gt=0, le=1), default=1.0, help="nucleus sampling mass (default: 1.0)")
+    p.add_argument("--max-new-tokens", type=ranged(int, ge=1), default=128, help="generation budget (default: 128)")
+    p.add_argument(
+        "--max-batch", type=ranged(int, ge=1), default=256, help="rows decoded at once; bounds KV-cache memory"
+    )
+    p.add_argument("--seed", type=ranged(int, ge=0), default=0, help="problem and sampling seed (default: 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reasonloop", description="Generator-verifier self-play for reasoning.")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser = OneLineParser(prog="reasonloop", description="Generator-verifier self-play for reasoning.")
+    parser.add_argument("--threads", type=ranged(int, ge=1), default=None, help="torch threads (default: all cores)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("init", help="build the nano base model from scratch, then evaluate it")
@@ -362,8 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of NanoConfig keys")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a NanoConfig key (repeatable)")
     p.add_argument("--force", action="store_true", help="rebuild even if the model exists")
-    p.add_argument("--eval-problems", type=int, default=200, help="held-out problems to evaluate on (0: skip)")
-    p.add_argument("--max-batch", type=int, default=256, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--eval-problems", type=ranged(int, ge=0), default=200, help="held-out problems to evaluate on (0: skip)"
+    )
+    p.add_argument("--max-batch", type=ranged(int, ge=1), default=256, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("sample", help="sample completions to a JSONL file (resumable)")
@@ -374,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="greedy accuracy, pass@k and maj@k of a model on a task")
     _add_task_args(p)
-    _add_gen_args(p, 16)
+    _add_gen_args(p, 16, n_min=0)  # --n 0: greedy accuracy only
     p.add_argument("--output", default="eval.json", help="where to write the JSON results (default: eval.json)")
     p.set_defaults(func=cmd_eval)
 
@@ -411,13 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    with contextlib.suppress(ImportError):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # our own bars say what is happening
     try:
+        args = build_parser().parse_args(argv)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        with contextlib.suppress(ImportError):
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # our own bars say what is happening
         return args.func(args)
     except ReasonloopError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Layer 1: problems, samples, steps, grades, run directories, atomic JSONL, seeding, the Generator and Verifier protocols."""
 
-from reasonloop.core.config import defaults_of, from_dict, load_config, to_dict
+from reasonloop.core.config import Range, bounded, defaults_of, from_dict, load_config, ranged, to_dict
 from reasonloop.core.generator import Generator, TokenCounts, Verifier
 from reasonloop.core.grading import Grade, Grader, grade_sample, mean_score
 from reasonloop.core.jsonl import JsonlWriter, atomic_write_json, atomic_write_text, read_jsonl, repair_jsonl
@@ -24,18 +24,21 @@ __all__ = [
     "Grader",
     "JsonlWriter",
     "Problem",
+    "Range",
     "ReasonloopError",
     "RunDir",
     "Sample",
     "TokenCounts",
     "Verifier",
     "atomic_write_json",
+    "bounded",
     "atomic_write_text",
     "from_dict",
     "grade_sample",
     "join_steps",
     "load_config",
     "mean_score",
+    "ranged",
     "read_jsonl",
     "repair_jsonl",
     "seed_everything",

@@ -3,15 +3,31 @@
 A field whose type is itself a config dataclass is a nested section: a mapping
 in YAML (``critic: {lr: 1e-5}``) or a dotted key on the command line
 (``--set critic.lr=1e-5``), checked key by key like the top level.
+
+Ranges: a numeric field declares the values it accepts with `bounded`, and
+`from_dict` (hence every YAML file and `--set`) refuses anything outside it with
+one line naming the key, before anything runs. A command-line flag declares its
+range with `ranged`, the same way::
+
+    @dataclass(frozen=True)
+    class MyConfig:
+        n_train: int = bounded(1000, ge=1)  # training problems
+        lr: float = bounded(1e-3, gt=0)  # peak learning rate
+        clip: float = bounded(0.2, gt=0, lt=1)  # PPO clip range
+
+    parser.add_argument("--n", type=ranged(int, ge=1), default=4)
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +36,93 @@ import yaml
 from reasonloop.core.types import ConfigError
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The numbers a field or flag accepts: `ge`/`gt` bound it below, `le`/`lt` above; None leaves a side open.
+
+    Floats must also be finite (no nan or inf).
+
+    >>> str(Range(ge=1)), str(Range(gt=0, le=1)), str(Range(ge=0, le=1))
+    ('>= 1', 'in (0, 1]', 'in [0, 1]')
+    >>> Range(gt=0, le=1).problem(2.0)
+    'must be in (0, 1], got 2.0'
+    >>> Range(ge=1).problem(3) is None
+    True
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def __str__(self) -> str:
+        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
+        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return (">= " if low[0] == "[" else "> ") + low[1:]
+        if high:
+            return ("<= " if high[-1] == "]" else "< ") + high[:-1]
+        return "a finite number"
+
+    def problem(self, value: Any) -> str | None:
+        """None when `value` is in range, else what is wrong with it (`must be >= 1, got 0`)."""
+        if value is None:
+            return None
+        bad = isinstance(value, float) and not math.isfinite(value)
+        bad = bad or (self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
+        bad = bad or (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt)
+        return f"must be {self}, got {value!r}" if bad else None
+
+
+def bounded(
+    default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None
+) -> Any:
+    """A dataclass field with `default` whose value `from_dict` keeps within the range (see `Range`)."""
+    return dataclasses.field(default=default, metadata={"range": Range(ge, gt, le, lt)})
+
+
+def field_range(cls: type, name: str) -> Range | None:
+    """The range declared for field `name` of the dataclass `cls`, or None."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return fields[name].metadata.get("range") if name in fields else None
+
+
+def ranged(
+    kind: Callable[[str], Any],
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Callable[[str], Any]:
+    """An argparse `type=` that parses with `kind` (int or float) and refuses values outside the range.
+
+    >>> ranged(int, ge=1)("3")
+    3
+    >>> ranged(int, ge=1)("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be >= 1, got 0
+    """
+    rng = Range(ge, gt, le, lt)
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {getattr(kind, '__name__', kind)}, got {text!r}") from None
+        why = rng.problem(value)
+        if why:
+            raise argparse.ArgumentTypeError(why)
+        return value
+
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse names the type in its messages
+    parse.range = rng  # type: ignore[attr-defined]  # read by the docs table of flags
+    return parse
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -76,7 +179,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> T:
-    """Build the frozen dataclass `cls` from `data`; unknown keys and bad values raise `ConfigError`."""
+    """Build the frozen dataclass `cls` from `data`; unknown keys, bad values and values outside a field's
+    declared range (`bounded`) raise `ConfigError` naming the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
@@ -86,6 +192,10 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> 
             hint = f" (did you mean '{near[0]}'?)" if near else f" (valid keys: {', '.join(names)})"
             raise ConfigError(f"{source}: unknown key '{key}'{hint}")
         kwargs[key] = _coerce(value, hints[key], key)
+        rng = field_range(cls, key)
+        why = rng.problem(kwargs[key]) if rng else None
+        if why:
+            raise ConfigError(f"{source}: key '{key}' {why}")
     try:
         return cls(**kwargs)
     except ValueError as e:  # __post_init__ validation

@@ -62,27 +62,49 @@ def _torn_tail_offset(path: Path) -> int | None:
         return 0
 
 
-def read_jsonl(path: str | os.PathLike, *, drop_torn_tail: bool = True) -> Iterator[dict[str, Any]]:
-    """Yield the records of a JSONL file.
+MAX_LINE_BYTES = 16 * 1024 * 1024  # longest JSONL line read; longer is an error naming file:line, never read whole
 
-    Blank lines are skipped. A line that is not a JSON object raises `DataError`
-    naming `file:line`. A last line without its newline is a torn write: with
-    `drop_torn_tail` it is dropped with a warning (never parsed); otherwise it
-    raises `DataError`.
+
+def read_jsonl_numbered(
+    path: str | os.PathLike,
+    *,
+    drop_torn_tail: bool = True,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    hand_written: bool = False,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield `(line number, record)` for the records of a JSONL file.
+
+    Blank lines are skipped. A line that is not a JSON object (or not UTF-8)
+    raises `DataError` naming `file:line`, as does a line longer than
+    `max_line_bytes`, which is refused after reading at most that many bytes (a
+    50 MB line costs 16 MB, not the line). A last line without its newline is a
+    torn write: with `drop_torn_tail` it is dropped with a warning (never
+    parsed); otherwise it raises `DataError`. A `hand_written` file (an input a
+    person made, not one of our append-only files) may end without a newline:
+    its last line is read like the others.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    torn_at = _torn_tail_offset(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a JSONL file")
+    torn_at = None if hand_written else _torn_tail_offset(path)
     with open(path, "rb") as f:
         offset = 0
-        for lineno, raw in enumerate(f, start=1):
+        lineno = 0
+        while True:
+            raw = f.readline(max_line_bytes + 1)
+            if not raw:
+                return
+            lineno += 1
             if torn_at is not None and offset >= torn_at:
                 msg = f"{path}:{lineno}: last line is incomplete (torn write)"
                 if not drop_torn_tail:
                     raise DataError(msg)
-                warnings.warn(msg + "; dropped", stacklevel=2)
+                warnings.warn(msg + "; dropped", stacklevel=3)
                 return
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                raise DataError(f"{path}:{lineno}: line longer than {max_line_bytes:,} bytes")
             offset += len(raw)
             line = raw.strip()
             if not line:
@@ -90,11 +112,17 @@ def read_jsonl(path: str | os.PathLike, *, drop_torn_tail: bool = True) -> Itera
             try:
                 rec = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                reason = getattr(e, "msg", str(e))
+                reason = getattr(e, "msg", None) or "not UTF-8 text"
                 raise DataError(f"{path}:{lineno}: invalid JSON: {reason}") from None
             if not isinstance(rec, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            yield rec
+            yield lineno, rec
+
+
+def read_jsonl(path: str | os.PathLike, *, drop_torn_tail: bool = True) -> Iterator[dict[str, Any]]:
+    """Yield the records of a JSONL file (see `read_jsonl_numbered` for the checks)."""
+    for _, rec in read_jsonl_numbered(path, drop_torn_tail=drop_torn_tail):
+        yield rec
 
 
 def repair_jsonl(path: str | os.PathLike) -> bool:

@@ -8,6 +8,7 @@ Layout::
     RUN/checkpoints/     saved models
     RUN/metrics.jsonl    one JSON object per logged step
     RUN/report.md, RUN/plots/
+    RUN/.lock            held by the one process writing the run (its pid inside); see `core.lock`
 """
 
 from __future__ import annotations
@@ -15,21 +16,31 @@ from __future__ import annotations
 import json
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from reasonloop.core.jsonl import JsonlWriter, atomic_write_json, atomic_write_text, read_jsonl
+from reasonloop.core.lock import WriterLock
 from reasonloop.core.types import ConfigError
 
 
 class RunDir:
+    """A run directory, locked for this process while the object lives (a second process gets `LockedError`)."""
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = WriterLock(self.path / ".lock", f"run directory {self.path}").acquire()
+        weakref.finalize(self, self._lock.release)
         for sub in ("samples", "checkpoints", "plots"):
             (self.path / sub).mkdir(exist_ok=True)
+
+    def close(self) -> None:
+        """Let another process write this run (also done when the object is collected or the process ends)."""
+        self._lock.release()
 
     # --- config ---------------------------------------------------------------
     def save_config(self, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:

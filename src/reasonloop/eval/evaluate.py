@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from reasonloop.core import Generator, Grader, Problem, Sample, grade_sample
+from reasonloop.core import Generator, Grader, Problem, Sample, bounded, grade_sample
 from reasonloop.eval.metrics import maj_at_k, pass_at_k
 from reasonloop.tasks import Task
 
@@ -15,11 +15,11 @@ from reasonloop.tasks import Task
 class EvalConfig:
     """What `evaluate` measures."""
 
-    n: int = 16  # samples per problem for pass@k and maj@k (0: greedy only)
-    temperature: float = 1.0  # sampling temperature for the n samples
-    top_p: float = 1.0  # nucleus sampling mass
-    max_new_tokens: int = 128  # generation budget per completion
-    seed: int = 0  # sampling seed
+    n: int = bounded(16, ge=0)  # samples per problem for pass@k and maj@k (0: greedy only)
+    temperature: float = bounded(1.0, ge=0)  # sampling temperature for the n samples
+    top_p: float = bounded(1.0, gt=0, le=1)  # nucleus sampling mass
+    max_new_tokens: int = bounded(128, ge=1)  # generation budget per completion
+    seed: int = bounded(0, ge=0)  # sampling seed
 
 
 def evaluate(

@@ -10,7 +10,7 @@ with `grade_batch`; run `reasonloop grade` on a JSONL file.
 from reasonloop.graders.base import Grade, Grader, extract_json
 from reasonloop.graders.batch import BatchResult, grade_batch, iter_grades, safe_grade
 from reasonloop.graders.registry import GRADERS, TYPES, grader_from_config, load_grader, multi
-from reasonloop.graders.sandbox import SandboxLimits, SandboxResult, run_sandboxed
+from reasonloop.graders.sandbox import SandboxLimits, SandboxResult, SandboxUnavailable, run_sandboxed
 
 __all__ = [
     "GRADERS",
@@ -20,6 +20,7 @@ __all__ = [
     "Grader",
     "SandboxLimits",
     "SandboxResult",
+    "SandboxUnavailable",
     "extract_json",
     "grade_batch",
     "grader_from_config",

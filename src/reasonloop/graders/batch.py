@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from reasonloop.core import ConfigError, Problem
 from reasonloop.graders.base import Grade, Grader
+from reasonloop.graders.sandbox import SandboxUnavailable
 
 _WORKER_GRADER: Grader | None = None
 
@@ -27,6 +28,8 @@ def safe_grade(grader: Grader, problem: Problem, completion: str) -> Grade:
     """`grader(problem, completion)`, with any exception turned into a zero grade that says what went wrong."""
     try:
         return grader(problem, completion)
+    except SandboxUnavailable:
+        raise  # the machine, not the item: every item would fail the same way, so say it once
     except Exception as e:  # noqa: BLE001 - one bad item must not sink the batch; the reason keeps the error
         return Grade(0.0, None, f"error: {type(e).__name__}: {e}"[:300], {"error": True})
 

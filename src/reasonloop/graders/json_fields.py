@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from reasonloop.core import Problem
+from reasonloop.core import Problem, bounded
 from reasonloop.graders.base import Grade, extract_json, grades_missing_fields_zero, render
 
 SCORES = ("f1", "precision", "recall")
@@ -29,7 +29,7 @@ class JsonFieldsConfig:
     fields: list[str] | None = None  # score only these fields (default: every field of the reference)
     score: str = "f1"  # which of f1, precision, recall becomes the score
     case_sensitive: bool = False  # compare strings case as written
-    abs_tol: float = 1e-6  # numbers closer than this match
+    abs_tol: float = bounded(1e-6, ge=0)  # numbers closer than this match
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:

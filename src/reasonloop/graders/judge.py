@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from reasonloop.core import Problem
+from reasonloop.core import Problem, bounded
 from reasonloop.graders.base import NUMBER_RE, Grade, as_text, grades_missing_fields_zero, parse_number, render
 
 
@@ -28,10 +28,10 @@ class ModelConfig:
     score_range: list[float] | None = None  # [low, high] for score mode (e.g. [0, 10])
     labels: list[str] | None = None  # label mode: the labels the judge may answer with
     passing_labels: list[str] | None = None  # label mode: the labels that score 1
-    n: int = 1  # judge samples per completion, averaged
-    temperature: float = 0.0  # judge sampling temperature
-    max_new_tokens: int = 64  # judge reply budget
-    seed: int = 0  # judge sampling seed
+    n: int = bounded(1, ge=1)  # judge samples per completion, averaged
+    temperature: float = bounded(0.0, ge=0)  # judge sampling temperature
+    max_new_tokens: int = bounded(64, ge=1)  # judge reply budget
+    seed: int = bounded(0, ge=0)  # judge sampling seed
 
     def __post_init__(self) -> None:
         if (self.score_range is None) == (self.labels is None):

@@ -15,7 +15,7 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from reasonloop.core import Problem
+from reasonloop.core import Problem, bounded
 from reasonloop.graders.base import Grade, as_text, grades_missing_fields_zero, render
 
 
@@ -24,8 +24,8 @@ class MathConfig:
     """Score 1 when the completion's final answer is mathematically equal to the reference."""
 
     reference: str = "{{item.answer}}"  # template or literal: the reference answer (LaTeX or plain)
-    timeout_s: int = 5  # math-verify's own parsing and comparison timeouts (seconds, signal-based)
-    float_rounding: int = 6  # decimal places used when comparing floats
+    timeout_s: int = bounded(5, ge=1)  # math-verify's own parsing and comparison timeouts (seconds, signal-based)
+    float_rounding: int = bounded(6, ge=0)  # decimal places used when comparing floats
 
     def __post_init__(self) -> None:
         if self.timeout_s < 1:

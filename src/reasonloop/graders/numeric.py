@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from reasonloop.core import Problem
+from reasonloop.core import Problem, bounded
 from reasonloop.graders.base import (
     Grade,
     as_text,
@@ -29,8 +29,8 @@ class NumericConfig:
     """Score 1 when the last number of the completion is within tolerance of the reference."""
 
     reference: str = "{{item.answer}}"  # template or literal holding the expected number
-    abs_tol: float = 1e-6  # accepted absolute difference
-    rel_tol: float = 0.0  # accepted difference relative to the reference
+    abs_tol: float = bounded(1e-6, ge=0)  # accepted absolute difference
+    rel_tol: float = bounded(0.0, ge=0)  # accepted difference relative to the reference
 
     def __post_init__(self) -> None:
         if self.abs_tol < 0 or self.rel_tol < 0:
@@ -78,7 +78,7 @@ class Gsm8kConfig:
 
     reference: str = "{{item.answer}}"  # the reference number, or a worked solution ending in `#### N`
     fallback_last_number: bool = True  # use the last number when there is no `####` line
-    abs_tol: float = 1e-6  # accepted absolute difference
+    abs_tol: float = bounded(1e-6, ge=0)  # accepted absolute difference
 
 
 @grades_missing_fields_zero

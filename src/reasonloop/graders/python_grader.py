@@ -22,9 +22,9 @@ import secrets
 import sys
 from dataclasses import dataclass
 
-from reasonloop.core import Problem
+from reasonloop.core import Problem, bounded
 from reasonloop.graders.base import Grade, as_text, extract_json, grades_missing_fields_zero, item_fields, render
-from reasonloop.graders.sandbox import SandboxLimits, run_sandboxed
+from reasonloop.graders.sandbox import ISOLATION, SandboxLimits, run_sandboxed
 
 # Runs inside the sandbox. Reads {"nonce", "mode", ...} from stdin, writes "<nonce> <json>" to the result fd.
 BOOT = r"""
@@ -52,15 +52,18 @@ class PythonConfig:
 
     source: str | None = None  # code defining grade(sample, item) -> float
     tests: str | None = None  # test code (template allowed, e.g. "{{item.tests}}") run after the completion's program
-    timeout_s: float = 5.0  # wall-clock limit
-    cpu_s: int = 5  # CPU-time limit
-    memory_mb: int = 1024  # address-space limit
-    max_processes: int = 32  # process and thread limit
-    max_output_bytes: int = 65536  # stdout/stderr kept for the reason
+    timeout_s: float = bounded(5.0, gt=0)  # wall-clock limit
+    cpu_s: int = bounded(5, ge=1)  # CPU-time limit
+    memory_mb: int = bounded(1024, ge=16)  # address-space limit
+    max_processes: int = bounded(32, ge=1)  # process and thread limit
+    max_output_bytes: int = bounded(65536, ge=0)  # stdout/stderr kept for the reason
+    isolation: str = "auto"  # auto (bwrap, else our namespaces; $REASONLOOP_SANDBOX), bwrap, namespaces or weak
 
     def __post_init__(self) -> None:
         if (self.source is None) == (self.tests is None):
             raise ValueError("give exactly one of 'source' (a grade(sample, item) function) or 'tests'")
+        if self.isolation not in ISOLATION:
+            raise ValueError(f"key 'isolation' must be one of {', '.join(ISOLATION)}, got {self.isolation!r}")
 
     @property
     def limits(self) -> SandboxLimits:
@@ -70,6 +73,7 @@ class PythonConfig:
             memory_mb=self.memory_mb,
             max_processes=self.max_processes,
             max_output_bytes=self.max_output_bytes,
+            isolation=self.isolation,
         )
 
 

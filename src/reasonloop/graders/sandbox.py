@@ -1,47 +1,61 @@
 """Run untrusted code in a child process that cannot hurt the caller, and always get an answer back.
 
-`run_sandboxed(argv, files=..., stdin=..., limits=...)` writes `files` into a
-fresh temporary directory, runs `argv` there and returns a `SandboxResult`; it
-never raises for anything the child does, never hangs past the wall limit and
-leaves no process behind.
+`run_sandboxed(argv, files=..., stdin=..., limits=...)` runs `argv` in a fresh
+private directory holding `files` and returns a `SandboxResult`; it never raises
+for anything the child does, never hangs past the wall limit and leaves no
+process behind. It holds the same with or without root.
 
-How each limit is enforced (all set in the child between fork and exec):
+Isolation (`SandboxLimits.isolation`, or `$REASONLOOP_SANDBOX` when that is `auto`):
 
-- wall time: the parent's read loop has a deadline; past it the child is killed.
-- CPU time, address space, file size, open files: `resource.setrlimit`
-  (RLIMIT_CPU soft/hard, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE; RLIMIT_CORE=0).
-- processes: RLIMIT_NPROC. The kernel ignores it for uid 0, so when the caller is
-  root the child also switches to a uid of its own (`setgroups([])`, `setgid`,
-  `setuid` to a number no account uses, unique per run). That uid is also what
-  makes cleanup airtight: a process can leave the process group with `setsid`
-  but never change its uid back, so cleanup kills the group and then every
-  process of that uid (`kill(-1, SIGKILL)` from a helper running as that uid).
-- files: the unprivileged uid owns only the working directory, so the caller's
-  files (and `/proc/<caller>/environ`) are out of reach by ordinary permissions.
-  As root the child also gets a private mount namespace in which the shared
-  world-writable directories (`/tmp`, `/var/tmp`, `/dev/shm`) are empty private
-  tmpfs copies (it cannot leave files there), and a directory others cannot enter
-  that holds the interpreter (e.g. a pyenv under `/root`) is covered by an empty
-  tmpfs with only the interpreter's directories bound back, hiding the rest.
-- network: as root, a new empty network namespace (`unshare(CLONE_NEWNET)`: only
-  a loopback interface, down). Not root: `unshare(CLONE_NEWUSER|CLONE_NEWNET)`
-  when unprivileged user namespaces are allowed; otherwise `SandboxResult.isolated`
-  says the network was not cut and `require_isolation` makes that an error.
-- environment: the child gets a fixed, minimal environment, nothing of the caller's.
-- output: stdout and stderr are read through pipes; at most `max_output_bytes`
-  of each are kept, the rest is read and dropped.
+- `bwrap`: bubblewrap (Debian/Ubuntu package `bubblewrap`) builds the sandbox.
+- `namespaces`: our own code does the same with `unshare` (`sandbox_child.py`).
+- `auto` (default): bwrap when it is installed and works here, else namespaces.
+  Where the kernel refuses both (unprivileged user namespaces disabled),
+  `run_sandboxed` raises `SandboxUnavailable` with one line saying so and what to
+  do; nothing is run half-contained unless the user asks for
+- `weak`: no namespaces, a warning once per process. See "weak" below.
 
-Without root (no uid switch) a hostile child can still signal processes of the
-same user and escape cleanup with `setsid`; run graders as root in a container,
-or in a throwaway VM, when the code is truly adversarial.
+What the program sees and cannot do (bwrap and namespaces alike):
+
+- processes: its own PID namespace. Every process it starts dies when the grade
+  ends (the namespace's PID 1 is killed and the kernel kills the rest, `setsid`
+  or not); the caller is not visible, so it cannot be signalled
+  (`os.getppid()` is 0 or the namespace's PID 1).
+- files: a new root, read-only: `/usr`, `/etc`, `/bin`, `/lib*` and the
+  interpreter's directories (`sys.prefix`, `sys.base_prefix`, every `sys.path`
+  entry, wherever it is, even under a directory others cannot enter) bound
+  read-only; nothing else of the caller's filesystem. `/tmp`, `/var/tmp`,
+  `/run/lock` and `/dev/shm` are private, size-limited tmpfs; the working
+  directory (`/tmp/sandbox`, also `$HOME` and `$TMPDIR`) lives in that `/tmp`,
+  so nothing it writes reaches the disk. A `sys.path` entry that is one of those
+  directories (or above one, like `/`) is not bound: the private one takes its
+  place. A fresh `/proc` (only its own processes) and a minimal `/dev`.
+- network: a new network namespace (only loopback). Unix sockets: a seccomp
+  filter refuses `socket(AF_UNIX)` (a read-only bind does not stop a `connect`),
+  `io_uring`, the kernel keyrings and new user namespaces.
+- uid: not root, it keeps the caller's uid, inside a user namespace that maps
+  only that uid (no capability outside). As root, it gets a uid of its own (a
+  number no account uses, unique per run), so `RLIMIT_NPROC` counts only its
+  processes and root's files are out of reach.
+- limits: CPU time, address space, file size, open files, processes
+  (`setrlimit`, set inside the namespaces), wall time (the caller kills it).
+- environment: a fixed, minimal one; nothing of the caller's.
+- output: stdout and stderr through pipes, at most `max_output_bytes` of each kept.
+
+weak (only when chosen): limits, the minimal environment, a private working
+directory, a seccomp filter refusing every socket (no network, no Unix socket),
+a uid of its own when root, and a subreaper that kills every descendant when the
+program ends. Not contained: the program sees the whole filesystem and may write
+wherever the caller may, sees other processes and may signal the caller's (same
+uid, when not root). Use it only for code you would run yourself.
 """
 
 from __future__ import annotations
 
-import ctypes
 import itertools
+import json
 import os
-import resource
+import select
 import selectors
 import shutil
 import signal
@@ -49,14 +63,30 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+from reasonloop.core import ReasonloopError
+from reasonloop.graders import sandbox_child
+
 SANDBOX_UID_BASE = 1_000_000_000  # far above any account; each run gets BASE + a unique offset
-_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded in the parent: the child only calls into it
+ISOLATION = ("auto", "bwrap", "namespaces", "weak")
+WORKDIR = "/tmp/sandbox"  # the program's working directory, in its private /tmp
+PRIVATE = ("/tmp", "/var/tmp", "/run/lock", "/dev/shm")  # a private tmpfs each
+SYSTEM = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # bound read-only (or symlinked)
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+# Never bound, even when on sys.path: they, or what is under them, are made private or fresh.
+NOT_BOUND = ("/", "/proc", "/dev", "/run", "/var", "/sys", *PRIVATE)
+# The stages run as the top-level module `sandbox_child` (its cached bytecode is reused: compiling it costs more
+# than starting the interpreter).
+CHILD_DIR = os.path.dirname(os.path.abspath(sandbox_child.__file__))
+STAGE = f"import sys; sys.path.append({CHILD_DIR!r}); import sandbox_child; sandbox_child.main(sys.argv[1:])"
 _RUNS = itertools.count()
+
+
+class SandboxUnavailable(ReasonloopError):
+    """This machine cannot isolate a program the way the chosen isolation needs (no user namespaces, ...)."""
 
 
 @dataclass(frozen=True)
@@ -66,27 +96,29 @@ class SandboxLimits:
     wall_s: float = 5.0  # wall-clock limit, enforced by the parent
     cpu_s: int = 5  # CPU seconds (RLIMIT_CPU); the kernel sends SIGXCPU, then SIGKILL a second later
     memory_mb: int = 1024  # address space (RLIMIT_AS)
-    max_processes: int = 32  # processes and threads of the sandbox uid (RLIMIT_NPROC)
-    max_file_mb: int = 16  # largest file it may write (RLIMIT_FSIZE)
+    max_processes: int = 32  # processes and threads (RLIMIT_NPROC, counted inside the sandbox's namespace)
+    max_file_mb: int = 16  # largest file it may write (RLIMIT_FSIZE); each private tmpfs holds 4x this
     max_open_files: int = 64  # RLIMIT_NOFILE
     max_output_bytes: int = 1 << 20  # bytes of stdout and of stderr kept; the rest is dropped
-    require_isolation: bool = False  # refuse to run where the network cannot be cut off
+    isolation: str = "auto"  # auto, bwrap, namespaces or weak (see the module docstring)
 
 
 @dataclass
 class SandboxResult:
     """What a sandboxed run did. `error` is None for a run that finished by itself within its limits."""
 
-    returncode: int | None
+    returncode: int | None  # exit status; -N when it died of signal N (reported as 128 + N by PID 1)
     stdout: bytes = b""
     stderr: bytes = b""
     channel: bytes = b""  # what the child wrote to the fd named in $REASONLOOP_RESULT_FD
     wall_s: float = 0.0
     timed_out: bool = False
     truncated: bool = False  # stdout or stderr exceeded max_output_bytes
-    isolated: bool = True  # network namespace created
     error: str | None = None
-    pid: int | None = None  # the child's pid, which is also its process group and session id
+    isolation: str = ""  # which isolation ran it: bwrap, namespaces or weak
+    pid: int | None = None  # the first process started (its session and process group id)
+    init_pid: int | None = None  # PID 1 of the sandbox's PID namespace, as the caller sees it
+    pid_namespace: str | None = None  # that namespace ("pid:[...]"), to check that nothing of it is left
     uid: int | None = None  # the uid it ran as, when the caller is root
 
     @property
@@ -94,168 +126,133 @@ class SandboxResult:
         return self.error is None and self.returncode == 0
 
 
-# --- what the child does between fork and exec ----------------------------------
+# --- which isolation ------------------------------------------------------------------
 
 
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+def bwrap_path() -> str | None:
+    return shutil.which("bwrap", path=os.environ.get("PATH", "") + ":/usr/bin:/bin")
 
 
-def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
-    _check(_LIBC.mount(enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
+_PROBED: dict[tuple[str, int], str | None] = {}  # (isolation, euid) -> None when it works, else why not
+_WARNED: list[bool] = []
 
 
-@dataclass(frozen=True)
-class _ChildPlan:
-    """Everything the child needs, computed in the parent so the child only makes system calls."""
-
-    limits: SandboxLimits
-    uid: int | None  # switch to this uid (root callers only)
-    netns: int  # unshare flags for the network (0: none)
-    covers: tuple[tuple[str, str], ...]  # (directory, tmpfs mode) hidden under an empty private tmpfs
-    keep: tuple[str, ...]  # directories under a cover that stay visible (interpreter, working directory)
-    workdir: str
-
-    def __call__(self) -> None:
-        flags = self.netns | (CLONE_NEWNS if self.covers else 0)
-        if flags:
-            _check(_LIBC.unshare(flags), "unshare")
-        if self.covers:
-            _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates back to the caller
-            # Hold each kept directory by an fd, cover its ancestors, then bind it back from the fd.
-            fds = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in self.keep]
-            size = 4 * self.limits.max_file_mb
-            for cover, mode in self.covers:
-                _mount("tmpfs", cover, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode},size={size}m")
-            for path, fd in zip(self.keep, fds):
-                os.makedirs(path, exist_ok=True)
-                _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-                os.close(fd)
-            os.chdir(self.workdir)
-        lim = self.limits
-        mb = 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_CPU, (lim.cpu_s, lim.cpu_s + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (lim.memory_mb * mb, lim.memory_mb * mb))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (lim.max_file_mb * mb, lim.max_file_mb * mb))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (lim.max_open_files, lim.max_open_files))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NPROC, (lim.max_processes, lim.max_processes))
-        if self.uid is not None:
-            os.setgroups([])
-            os.setgid(self.uid)
-            os.setuid(self.uid)
+def _probe(isolation: str) -> str | None:
+    """None when `isolation` runs a trivial program here, else the reason it does not (tried once per process)."""
+    key = (isolation, os.geteuid())
+    if key not in _PROBED:
+        if isolation == "bwrap" and not bwrap_path():
+            _PROBED[key] = "bwrap is not installed (apt-get install bubblewrap)"
+        else:
+            argv = [sys.executable, "-I", "-S", "-c", "print('ok')"]
+            res = _run(argv, {}, b"", SandboxLimits(wall_s=20), isolation)
+            ok = res.ok and res.stdout == b"ok\n"
+            lines = res.stderr.decode("utf-8", "replace").strip().splitlines()
+            _PROBED[key] = None if ok else (lines[-1] if lines else res.error or f"exit status {res.returncode}")
+    return _PROBED[key]
 
 
-# --- the parent side --------------------------------------------------------------
-
-
-def _probe_userns_net() -> bool:
-    """Can this (non-root) process make a user + network namespace? Tried in a throwaway child."""
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0 if _LIBC.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0 else 1)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0
-
-
-SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # world-writable: private, empty copies in the child
-
-
-def _hidden_paths() -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
-    """Directories to cover in the child, and the directories under them the interpreter needs kept visible.
-
-    Covered: the shared world-writable directories (so the child cannot leave files
-    there) and any directory others cannot enter that holds the interpreter or its
-    packages (e.g. `/root` holding a pyenv), which is then made enterable.
-    """
-    needed = {sys.base_prefix, sys.prefix, *(p for p in sys.path if p and os.path.isdir(p))}
-    covers = {d: "1777" for d in SHARED_TMP if os.path.isdir(d) and not os.path.islink(d)}
-    keep: set[str] = set()
-    for path in sorted(os.path.realpath(p) for p in needed):
-        parts = Path(path).parts
-        for i in range(2, len(parts) + 1):
-            d = str(Path(*parts[:i]))
-            if d in covers or not os.stat(d).st_mode & 0o001:  # covered, or others lack search permission
-                covers.setdefault(d, "755")
-                keep.add(path)
-                break
-    nested = [c for c in covers if any(c.startswith(o + "/") for o in covers)]
-    for c in nested:
-        del covers[c]
-    keep = {k for k in keep if not any(k.startswith(o + "/") for o in keep)}
-    return tuple(sorted(covers.items())), tuple(sorted(keep))
-
-
-_PLATFORM: dict[str, object] = {}
-
-
-def _platform() -> dict[str, object]:
-    """What this machine allows, found once per process."""
-    if not _PLATFORM:
-        root = os.geteuid() == 0
-        _PLATFORM["root"] = root
-        _PLATFORM["netns"] = CLONE_NEWNET if root else (CLONE_NEWUSER | CLONE_NEWNET if _probe_userns_net() else 0)
-        _PLATFORM["hidden"] = _hidden_paths() if root else ((), ())
-    return _PLATFORM
-
-
-def _uid_processes(uid: int) -> list[int]:
-    """Live (not zombie) processes whose real uid is `uid`."""
-    pids = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+def _userns_settings() -> str:
+    """The kernel settings that refuse unprivileged user namespaces, as found here."""
+    found = []
+    for path, bad in (
+        ("/proc/sys/kernel/unprivileged_userns_clone", "0"),
+        ("/proc/sys/user/max_user_namespaces", "0"),
+        ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1"),
+    ):
         try:
-            status = Path(entry.path, "status").read_text()
+            value = Path(path).read_text().strip()
         except OSError:
             continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if int(fields.get("Uid", "-1 ").split()[0]) == uid and not fields.get("State", "").strip().startswith("Z"):
-            pids.append(int(entry.name))
-    return pids
+        if value == bad:
+            found.append(f"{path.removeprefix('/proc/sys/').replace('/', '.')}={value}")
+    return ", ".join(found) or "a security policy (container seccomp, AppArmor, SELinux)"
 
 
-def _kill_uid(uid: int) -> None:
-    """SIGKILL every process of `uid`, from a helper that takes that uid (kill(-1) spares only the sender)."""
-    for _ in range(20):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.setgid(uid)
-                os.setuid(uid)
-                os.kill(-1, signal.SIGKILL)
-            finally:
-                os._exit(0)
-        os.waitpid(pid, 0)
-        if not _uid_processes(uid):
-            return
-        time.sleep(0.01)
+def resolve_isolation(requested: str = "auto") -> str:
+    """The isolation to use: `requested`, or for `auto` `$REASONLOOP_SANDBOX`, else the best that works here.
+
+    Raises `SandboxUnavailable` (one line: why, and the choices) when nothing contained works.
+    """
+    choice = requested if requested != "auto" else (os.environ.get("REASONLOOP_SANDBOX") or "auto")
+    if choice not in ISOLATION:
+        raise SandboxUnavailable(f"sandbox isolation '{choice}' is not one of {', '.join(ISOLATION)}")
+    if choice == "weak":
+        if not _WARNED:
+            _WARNED.append(True)
+            warnings.warn(
+                "python grader: weak isolation (no namespaces): the graded code can read and write what you can; "
+                "see the docstring of reasonloop.graders.sandbox",
+                stacklevel=2,
+            )
+        return "weak"
+    reasons = []
+    for candidate in ("bwrap", "namespaces") if choice == "auto" else (choice,):
+        why = _probe(candidate)
+        if why is None:
+            return candidate
+        reasons.append(f"{candidate}: {why}")
+    raise SandboxUnavailable(
+        f"cannot sandbox graded code here ({'; '.join(reasons)}); the kernel refuses unprivileged user namespaces "
+        f"({_userns_settings()}). Allow them, run as root, or accept weaker isolation with REASONLOOP_SANDBOX=weak "
+        "(or 'isolation: weak' in the grader config)"
+    )
 
 
-def _kill_all(proc: subprocess.Popen, uid: int | None) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    if uid is not None:
-        _kill_uid(uid)
-    proc.wait()
+# --- what the sandbox binds -------------------------------------------------------------
 
 
-def _describe(returncode: int | None, limits: SandboxLimits) -> str | None:
-    if returncode is None or returncode >= 0:
-        return None
-    sig = -returncode
-    why = {
-        signal.SIGXCPU: f"CPU limit of {limits.cpu_s} s",
-        signal.SIGXFSZ: f"file size limit of {limits.max_file_mb} MB",
-        signal.SIGSEGV: "segmentation fault (stack overflow or memory limit)",
-    }.get(sig, "")
-    name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-    return f"killed by {name}" + (f" ({why})" if why else "")
+def _is_within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def interpreter_paths(extra: tuple[str, ...] = ()) -> list[str]:
+    """The interpreter's directories and every `sys.path` entry, resolved, that the program needs bound.
+
+    Entries inside a system directory (already bound) are dropped, as are the
+    private directories and anything above them (`/tmp` on `sys.path` is replaced
+    by the private `/tmp`), and entries inside another kept entry.
+    """
+    wanted = [sys.base_prefix, sys.prefix, sys.exec_prefix, os.path.dirname(sys.executable), *sys.path, *extra]
+    found: set[str] = set()
+    for p in wanted:
+        if not p or not os.path.exists(p):
+            continue
+        for q in {os.path.abspath(p), os.path.realpath(p)}:
+            if any(_is_within(q, s) for s in SYSTEM) or any(_is_within(n, q) for n in NOT_BOUND):
+                continue
+            found.add(q)
+    return sorted(p for p in found if not any(p != o and _is_within(p, o) for o in found))
+
+
+def _system_view() -> list[list[str]]:
+    """[path, "bind" | "symlink", symlink target] for each system directory present here."""
+    out = []
+    for path in SYSTEM:
+        if os.path.islink(path):
+            out.append([path, "symlink", os.readlink(path)])
+        elif os.path.isdir(path):
+            out.append([path, "bind", ""])
+    return out
+
+
+def _bwrap_argv(spec: dict) -> list[str]:
+    argv = [bwrap_path() or "bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session"]
+    argv += ["--hostname", "sandbox", "--info-fd", str(spec["info_fd"])]
+    for path, kind, target in spec["system"]:
+        argv += ["--symlink", target, path] if kind == "symlink" else ["--ro-bind", path, path]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    for path, mode, size in spec["private"]:
+        argv += ["--perms", mode, "--size", str(size * 1024 * 1024), "--tmpfs", path]
+    argv += ["--perms", "0700", "--dir", WORKDIR, "--chdir", WORKDIR]
+    for path in spec["binds"]:
+        argv += ["--ro-bind-try", path, path]
+    argv += ["--remount-ro", "/"]
+    inner = [sys.executable, "-I", "-S", "-c", STAGE, "inside", str(spec["spec_fd"])]
+    return [*argv, "--", *inner]
+
+
+# --- running ----------------------------------------------------------------------------
 
 
 def _env(workdir: str, channel_fd: int) -> dict[str, str]:
@@ -281,7 +278,8 @@ def run_sandboxed(
     stdin: bytes = b"",
     limits: SandboxLimits = SandboxLimits(),
 ) -> SandboxResult:
-    """Run `argv` in a fresh directory holding `files`, under `limits`. Never raises for what the child does.
+    """Run `argv` in a fresh directory holding `files`, under `limits`. Never raises for what the child does;
+    raises `SandboxUnavailable` when this machine cannot give the isolation asked for.
 
     >>> r = run_sandboxed([sys.executable, "-I", "-c", "print(6 * 7)"])
     >>> (r.ok, r.stdout)
@@ -290,65 +288,125 @@ def run_sandboxed(
     >>> (r.ok, r.timed_out, r.error)
     (False, True, 'timed out after 0.5 s')
     """
-    plat = _platform()
-    isolated = bool(plat["netns"])
-    if limits.require_isolation and not isolated:
-        return SandboxResult(None, isolated=False, error="cannot cut off the network here (require_isolation)")
-    base = tempfile.mkdtemp(prefix="reasonloop-sbx-")
-    uid = SANDBOX_UID_BASE + (os.getpid() % 4_194_304) * 64 + next(_RUNS) % 64 if plat["root"] else None
+    return _run(argv, files or {}, stdin, limits, resolve_isolation(limits.isolation))
+
+
+def _run(argv: list[str], files: dict[str, str], stdin: bytes, limits: SandboxLimits, isolation: str) -> SandboxResult:
     t0 = time.perf_counter()
-    try:
-        os.chmod(base, 0o711)  # the sandbox uid may pass through to work/, not list or write base/
+    root = os.geteuid() == 0
+    uid = SANDBOX_UID_BASE + (os.getpid() % 4_194_304) * 64 + next(_RUNS) % 64 if root else None
+    base = None
+    workdir = WORKDIR
+    if isolation == "weak":  # no private /tmp: a real directory, removed afterwards
+        base = tempfile.mkdtemp(prefix="reasonloop-sbx-")
+        os.chmod(base, 0o711)
         workdir = os.path.join(base, "work")
         os.mkdir(workdir, 0o700)
-        for name, text in (files or {}).items():
-            target = Path(workdir, name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-        covers, keep = plat["hidden"]  # type: ignore[misc]
-        if any(workdir.startswith(c + "/") for c, _ in covers):
-            keep = (*keep, workdir)
         if uid is not None:
-            for dirpath, _, names in os.walk(workdir):
-                for p in [dirpath, *(os.path.join(dirpath, n) for n in names)]:
-                    os.chown(p, uid, uid)
-        stdin_file = tempfile.TemporaryFile(dir=base)
-        stdin_file.write(stdin)
-        stdin_file.seek(0)
-        chan_r, chan_w = os.pipe()
-        plan = _ChildPlan(limits, uid, int(plat["netns"]), covers, keep, workdir)  # type: ignore[arg-type]
+            os.chown(workdir, uid, uid)
+    pipes = {name: os.pipe() for name in ("channel", "info", "started")}
+    spec_fd = os.memfd_create("reasonloop-sandbox-spec")
+    size_mb = 4 * limits.max_file_mb + sum(len(t) for t in files.values()) // (1 << 20) + 1
+    spec = {
+        "argv": argv,
+        "files": files,
+        "workdir": workdir,
+        "uid": uid,
+        "limits": {
+            "cpu_s": limits.cpu_s,
+            "memory_mb": limits.memory_mb,
+            "max_file_mb": limits.max_file_mb,
+            "max_open_files": limits.max_open_files,
+            "nproc": limits.max_processes + 2,  # PID 1 and, under bwrap, its monitor run as the same user
+        },
+        "system": _system_view(),
+        "devices": list(DEVICES),
+        "private": [[p, "1777", size_mb] for p in PRIVATE],
+        "binds": interpreter_paths((CHILD_DIR,)),
+        "spec_fd": spec_fd,
+        "channel_fd": pipes["channel"][1],
+        "info_fd": pipes["info"][1],
+        "started_fd": pipes["started"][1],
+    }
+    stage = [sys.executable, "-I", "-S", "-c", STAGE]
+    if isolation == "bwrap":
+        spec["bwrap"] = _bwrap_argv(spec)
+        cmd = [*stage, "bwrap-root", str(spec_fd)] if root else spec["bwrap"]
+    else:
+        cmd = [*stage, isolation, str(spec_fd)]
+    os.write(spec_fd, repr(spec).encode())
+    stdin_file = tempfile.TemporaryFile()
+    stdin_file.write(stdin)
+    stdin_file.seek(0)
+    try:
         try:
             proc = subprocess.Popen(
-                argv,
-                cwd=workdir,
-                env=_env(workdir, chan_w),
+                cmd,
+                env=_env(workdir, pipes["channel"][1]),
                 stdin=stdin_file,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=(chan_w,),
+                pass_fds=(spec_fd, *(w for _, w in pipes.values())),
                 start_new_session=True,  # its own process group and session, killed as one
-                preexec_fn=plan,
             )
-        except (OSError, subprocess.SubprocessError) as e:
-            os.close(chan_r)
-            return SandboxResult(None, isolated=isolated, error=f"could not start the sandbox: {e}")
+        except OSError as e:
+            for r, _ in pipes.values():
+                os.close(r)
+            return SandboxResult(None, error=f"could not start the sandbox: {e}", isolation=isolation)
         finally:
-            os.close(chan_w)
+            for _, w in pipes.values():
+                os.close(w)
+            os.close(spec_fd)
             stdin_file.close()
-        result = _collect(proc, chan_r, uid, limits, t0)
-        result.isolated, result.pid, result.uid = isolated, proc.pid, uid
+        result = _collect(proc, {name: r for name, (r, _) in pipes.items()}, isolation, limits, t0)
+        result.isolation, result.pid, result.uid = isolation, proc.pid, uid
         return result
     finally:
-        if uid is not None and _uid_processes(uid):
-            _kill_uid(uid)
-        shutil.rmtree(base, ignore_errors=True)
+        if base is not None:
+            shutil.rmtree(base, ignore_errors=True)
 
 
-def _collect(proc: subprocess.Popen, chan_r: int, uid: int | None, limits: SandboxLimits, t0: float) -> SandboxResult:
+class _Init:
+    """The sandbox's PID 1, held by a pidfd (no pid-reuse race): killing it ends the whole namespace."""
+
+    def __init__(self, info: bytes, parent: int):
+        self.pid: int | None = None
+        self.fd: int | None = None
+        self.namespace: str | None = None
+        try:
+            pid = int(json.loads(info.decode())["child-pid"])
+            fd = os.pidfd_open(pid)
+        except (ValueError, KeyError, TypeError, OSError):
+            return
+        try:  # the pidfd is ours only if that pid is still the child of the process we started
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+            if int(stat[stat.rindex(b")") + 2 :].split()[1]) != parent:
+                raise OSError
+            self.namespace = os.readlink(f"/proc/{pid}/ns/pid")
+        except (OSError, ValueError):
+            os.close(fd)
+            return
+        self.pid, self.fd = pid, fd
+
+    def kill_and_wait(self, timeout: float = 1.0) -> None:
+        if self.fd is None:
+            return
+        try:
+            signal.pidfd_send_signal(self.fd, signal.SIGKILL)
+            select.select([self.fd], [], [], timeout)  # readable once it exited, after the kernel killed the rest
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def _collect(proc: subprocess.Popen, fds: dict[str, int], isolation: str, limits: SandboxLimits, t0: float):
     """Read the child's output under the caps until it exits or the wall limit passes, then kill what is left."""
     caps = {"stdout": limits.max_output_bytes, "stderr": limits.max_output_bytes, "channel": 1 << 16}
+    caps.update(info=1 << 12, started=16)
     bufs = {k: bytearray() for k in caps}
-    streams = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr", chan_r: "channel"}  # type: ignore[union-attr]
+    streams = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}  # type: ignore[union-attr]
+    streams.update({fd: name for name, fd in fds.items()})
     sel = selectors.DefaultSelector()
     for fd, name in streams.items():
         os.set_blocking(fd, False)
@@ -356,6 +414,7 @@ def _collect(proc: subprocess.Popen, chan_r: int, uid: int | None, limits: Sandb
     deadline = t0 + limits.wall_s
     timed_out = truncated = False
     exited_at: float | None = None
+    init: _Init | None = None
     try:
         while sel.get_map():
             now = time.perf_counter()
@@ -374,27 +433,42 @@ def _collect(proc: subprocess.Popen, chan_r: int, uid: int | None, limits: Sandb
                     continue
                 if not chunk:
                     sel.unregister(key.fd)
+                    if name == "info":
+                        init = _Init(bytes(bufs["info"]), proc.pid)
                     continue
                 room = caps[name] - len(bufs[name])
                 if room > 0:
                     bufs[name] += chunk[:room]
                 if len(chunk) > room:
-                    truncated = truncated or name != "channel"
+                    truncated = truncated or name in ("stdout", "stderr")
         if not timed_out and proc.poll() is None:  # it closed its pipes but runs on
             try:
                 proc.wait(timeout=max(0.0, deadline - time.perf_counter()))
             except subprocess.TimeoutExpired:
                 timed_out = True
-        _kill_all(proc, uid)
+        if init is None and bufs["info"]:
+            init = _Init(bytes(bufs["info"]), proc.pid)
+        _kill_all(proc, init, isolation)
     finally:
         sel.close()
-        os.close(chan_r)
+        for fd in fds.values():
+            os.close(fd)
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
     wall = time.perf_counter() - t0
-    error = f"timed out after {limits.wall_s:g} s" if timed_out else _describe(proc.returncode, limits)
+    code = proc.returncode
+    if code is not None and 128 < code <= 128 + 64:  # PID 1 and bubblewrap report a death by signal N as 128 + N
+        code = 128 - code
+    started = bool(bufs["started"])
+    if timed_out:
+        error: str | None = f"timed out after {limits.wall_s:g} s"
+    elif not started:
+        lines = bufs["stderr"].decode("utf-8", "replace").strip().splitlines()
+        error = "could not start the sandbox: " + (lines[-1] if lines else f"exit status {proc.returncode}")
+    else:
+        error = _describe(code, limits)
     return SandboxResult(
-        returncode=None if timed_out else proc.returncode,
+        returncode=None if timed_out else code,
         stdout=bytes(bufs["stdout"]),
         stderr=bytes(bufs["stderr"]),
         channel=bytes(bufs["channel"]),
@@ -402,4 +476,37 @@ def _collect(proc: subprocess.Popen, chan_r: int, uid: int | None, limits: Sandb
         timed_out=timed_out,
         truncated=truncated,
         error=error,
+        init_pid=init.pid if init else None,
+        pid_namespace=init.namespace if init else None,
     )
+
+
+def _kill_all(proc: subprocess.Popen, init: _Init | None, isolation: str) -> None:
+    """End the grade: PID 1 of its namespace (the kernel kills the rest), or in weak mode ask the subreaper
+    stage to kill its descendants; then the process group we started."""
+    if init is not None:
+        init.kill_and_wait()
+    elif isolation == "weak" and proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=1.0)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _describe(returncode: int | None, limits: SandboxLimits) -> str | None:
+    if returncode is None or returncode >= 0:
+        return None
+    sig = -returncode
+    why = {
+        signal.SIGXCPU: f"CPU limit of {limits.cpu_s} s",
+        signal.SIGXFSZ: f"file size limit of {limits.max_file_mb} MB",
+        signal.SIGSEGV: "segmentation fault (stack overflow or memory limit)",
+    }.get(sig, "")
+    name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+    return f"killed by {name}" + (f" ({why})" if why else "")

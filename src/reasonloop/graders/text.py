@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reasonloop.core import Problem
+from reasonloop.core import Problem, bounded
 from reasonloop.graders.base import Grade, as_text, grades_missing_fields_zero, render
 from reasonloop.graders.similarity import METRICS
 
@@ -84,7 +84,7 @@ class TextSimilarityConfig:
     metric: str = "fuzzy_match"  # fuzzy_match, bleu or rouge_l
     input: str = "{{sample.output_text}}"  # template for the compared text
     reference: str = "{{item.answer}}"  # template or literal
-    pass_threshold: float | None = None  # None: the score is the similarity itself
+    pass_threshold: float | None = bounded(None, ge=0, le=1)  # None: the score is the similarity itself
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:

@@ -43,18 +43,44 @@ def load_tokenizer(path: str | os.PathLike):
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # any one makes a tokenizer loadable
+
+
+def check_weight_files(p: Path) -> None:
+    """Read the header of every safetensors file in `p`: a truncated, empty or random file is one line naming it."""
+    from safetensors import safe_open
+
+    for f in sorted(p.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception as e:  # noqa: BLE001 - safetensors' Rust errors share no Python base class
+            raise ReasonloopError(
+                f"{f}: not a readable safetensors file ({str(e).splitlines()[0]}): truncated or corrupt; save it again"
+            ) from None
+
+
 def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """Load `(model, tokenizer)` from a local directory, in eval mode.
 
-    Any `AutoModelForCausalLM` architecture works; nothing is downloaded.
+    Any `AutoModelForCausalLM` architecture works; nothing is downloaded. A
+    missing tokenizer, or weights that are truncated, empty or not safetensors,
+    fail with one line naming the file.
     """
     from transformers import AutoModelForCausalLM
 
     p = check_model_dir(path)
+    found = [p / f for f in TOKENIZER_FILES if (p / f).exists()]
+    if not found:
+        raise ReasonloopError(f"model path '{p}' has no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
     try:
         tokenizer = load_tokenizer(p)
+    except (OSError, ValueError, TypeError) as e:
+        raise ReasonloopError(f"{found[0]}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
+    check_weight_files(p)
+    try:
         model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, local_files_only=True)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:
         raise ReasonloopError(f"cannot load model from '{p}': {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

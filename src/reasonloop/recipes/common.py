@@ -132,11 +132,13 @@ def start_run(cfg: Any, run_dir: str | Path) -> RunSetup:
 
     `cfg` needs `task`, `n_train`, `n_eval`, `model` and `seed`.
     """
+    model = resolve_model(cfg.model)  # a missing model, or a bad world option, fails before the run directory exists
+    get_task(cfg.task)
     run = RunDir(run_dir)
     run.save_config(to_dict(cfg), defaults_of(type(cfg)))
     seed_everything(cfg.seed)
     task, train, test = draw_problems(cfg)
-    return RunSetup(run, task, train, test, {p.id: p for p in train}, resolve_model(cfg.model))
+    return RunSetup(run, task, train, test, {p.id: p for p in train}, model)
 
 
 def draw_problems(cfg: Any) -> tuple[Task, list[Problem], list[Problem]]:

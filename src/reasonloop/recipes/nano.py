@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from reasonloop.core import atomic_write_json
+from reasonloop.core import atomic_write_json, bounded
 from reasonloop.engine import HFEngine
 from reasonloop.eval import greedy_accuracy
 from reasonloop.models import save_model
@@ -46,31 +46,34 @@ from reasonloop.tasks.base import WorldTask
 class NanoConfig:
     """How the nano base model is built."""
 
-    hidden_size: int = 96  # width of the transformer
-    n_layers: int = 3  # transformer blocks
-    n_heads: int = 4  # attention heads
-    n_kv_heads: int = 2  # key/value heads (grouped-query attention)
-    mlp_size: int = 256  # SwiGLU hidden size
-    seq_len: int = 128  # training row length in tokens
-    batch_size: int = 16  # rows per optimiser step
-    steps: int = 1500  # most optimiser steps (the cosine schedule spans these)
-    lr: float = 3e-3  # peak learning rate (cosine decay to 10%)
-    warmup: int = 30  # linear warm-up steps
-    n_seed_solutions: int = 400  # size of the seed set P of worked solutions
-    seed_max_ops: int = 4  # arith: the seed set only holds chains this short
-    seed_fraction: float = 0.5  # share of training documents that are worked solutions
-    hint_fraction: float = 0.25  # share of worked solutions shown with the answer as a hint (for rationalisation)
-    facts_per_doc: int = 8  # operations per "pretraining" document
-    target_accuracy: float = 0.3  # stop once validation greedy accuracy reaches this (1.0: never)
-    eval_every: int = 20  # steps between validation checks (5 once past half the target)
-    n_val_problems: int = 150  # train-split validation problems (disjoint from the seed set)
-    seed: int = 0  # everything derives from this seed
+    hidden_size: int = bounded(96, ge=1)  # width of the transformer
+    n_layers: int = bounded(3, ge=1)  # transformer blocks
+    n_heads: int = bounded(4, ge=1)  # attention heads
+    n_kv_heads: int = bounded(2, ge=1)  # key/value heads (grouped-query attention)
+    mlp_size: int = bounded(256, ge=1)  # SwiGLU hidden size
+    seq_len: int = bounded(128, ge=8)  # training row length in tokens
+    batch_size: int = bounded(16, ge=1)  # rows per optimiser step
+    steps: int = bounded(1500, ge=1)  # most optimiser steps (the cosine schedule spans these)
+    lr: float = bounded(3e-3, gt=0)  # peak learning rate (cosine decay to 10%)
+    warmup: int = bounded(30, ge=0)  # linear warm-up steps
+    n_seed_solutions: int = bounded(400, ge=0)  # size of the seed set P of worked solutions
+    seed_max_ops: int = bounded(4, ge=1)  # arith: the seed set only holds chains this short
+    seed_fraction: float = bounded(0.5, ge=0, le=1)  # share of training documents that are worked solutions
+    # share of worked solutions shown with the answer as a hint (for rationalisation)
+    hint_fraction: float = bounded(0.25, ge=0, le=1)
+    facts_per_doc: int = bounded(8, ge=1)  # operations per "pretraining" document
+    target_accuracy: float = bounded(0.3, ge=0, le=1)  # stop once validation greedy accuracy reaches this (1.0: never)
+    eval_every: int = bounded(20, ge=1)  # steps between validation checks (5 once past half the target)
+    n_val_problems: int = bounded(150, ge=1)  # train-split validation problems (disjoint from the seed set)
+    seed: int = bounded(0, ge=0)  # everything derives from this seed
     task: str = "arith"  # the world, with options: "arith", "countdown:n_numbers=3,number_max=9"
 
     def __post_init__(self) -> None:
         if parse_task_spec(self.task)[0] not in ("arith", "countdown"):
             raise ValueError(f"task must be a built-in world (arith or countdown), not {self.task!r}")
         get_task(self.task)  # a typo in the world's options fails here, before anything is built
+        if self.hidden_size % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError("hidden_size must be a multiple of n_heads, and n_heads a multiple of n_kv_heads")
 
 
 def seed_set(task: WorldTask, cfg: NanoConfig, hinted: bool = False) -> list[tuple[str, str]]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
-from reasonloop.core import atomic_write_text
+from reasonloop.core import ReasonloopError, atomic_write_text, bounded
 from reasonloop.engine import HFEngine
 from reasonloop.eval import greedy_accuracy
 from reasonloop.recipes.common import BarFactory, finetune_and_save, no_bar, sample_to_file, start_run
@@ -37,19 +37,20 @@ class RftConfig:
 
     model: str = "nano"  # model to sample from and fine-tune, or "nano"
     task: str = "arith"  # a world, with options: arith, countdown:n_numbers=3
-    n_train: int = 1000  # training problems (train split)
-    n_eval: int = 200  # held-out problems (test split)
-    k: int = 16  # samples per problem
-    temperature: float = 1.0  # sampling temperature
-    max_new_tokens: int = 96  # generation budget per solution
+    n_train: int = bounded(1000, ge=1)  # training problems (train split)
+    n_eval: int = bounded(200, ge=1)  # held-out problems (test split)
+    k: int = bounded(16, ge=1)  # samples per problem
+    temperature: float = bounded(1.0, ge=0)  # sampling temperature
+    max_new_tokens: int = bounded(96, ge=1)  # generation budget per solution
     dedup: bool = True  # keep the most distinct correct paths (else the first ones, repeats included)
-    max_paths: int = 4  # correct paths kept per problem
-    epochs: float = 3.0  # passes over the kept paths
-    steps: int = 0  # if above 0, exactly this many optimiser steps instead of `epochs` (equal-compute comparisons)
-    batch_size: int = 32  # sequences per optimiser step
-    lr: float = 2e-3  # peak learning rate
-    max_batch: int = 256  # engine rows in flight
-    seed: int = 0  # problems, sampling and training derive from this
+    max_paths: int = bounded(4, ge=1)  # correct paths kept per problem
+    epochs: float = bounded(3.0, gt=0)  # passes over the kept paths
+    # if above 0, exactly this many optimiser steps instead of `epochs` (equal-compute comparisons)
+    steps: int = bounded(0, ge=0)
+    batch_size: int = bounded(32, ge=1)  # sequences per optimiser step
+    lr: float = bounded(2e-3, gt=0)  # peak learning rate
+    max_batch: int = bounded(256, ge=1)  # engine rows in flight
+    seed: int = bounded(0, ge=0)  # problems, sampling and training derive from this
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.max_paths < 1 or self.steps < 0:
@@ -104,8 +105,9 @@ def run_rft(cfg: RftConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=p
             pairs += [(by_id[pid].prompt, ss[i].text) for i in chosen]
             distinct += len({tuple(s.steps) for s in ss})
         if not pairs:
-            raise ValueError(
-                f"no correct solution among {cfg.k} samples of {len(train_problems)} problems: nothing to train on"
+            raise ReasonloopError(
+                f"no correct solution among {cfg.k} samples of {len(train_problems)} problems: nothing to train on "
+                "(raise k, n_train or temperature, or start from a stronger model)"
             )
         ckpt = run.checkpoint("final")
         finetune_and_save(

@@ -20,7 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reasonloop.core import JsonlWriter, RunDir, atomic_write_json, atomic_write_text, defaults_of, read_jsonl, to_dict
+from reasonloop.core import (
+    JsonlWriter,
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    bounded,
+    defaults_of,
+    read_jsonl,
+    to_dict,
+)
 from reasonloop.core.jsonl import repair_jsonl
 from reasonloop.engine import HFEngine
 from reasonloop.models import resolve_model
@@ -38,14 +47,15 @@ class ScaleConfig:
     model: str = "nano"  # the generator
     verifier: str = ""  # a directory from `reasonloop verifiers` (RUN/<kind>), or named ones: orm=DIR,pav=DIR
     task: str = "arith"  # a world, with options: arith, countdown:n_numbers=3
-    n_eval: int = 100  # held-out problems (test split)
+    n_eval: int = bounded(100, ge=1)  # held-out problems (test split)
     strategies: str = "majority,best_of_n,weighted_vote,beam,mcts"  # comma-separated; strategy@name picks a verifier
     budgets: str = "1,2,4,8,16"  # comma-separated budgets N
     seeds: str = "0,1"  # comma-separated sampling seeds; curves show their mean and spread
-    temperature: float = 1.0  # sampling temperature
-    max_new_tokens: int = 96  # per sample (whole solutions) or per step (tree searches)
-    max_depth: int = 12  # most steps in a tree search
-    lookahead: int = 0  # beam search: rank each candidate by the verifier's value this many sampled steps ahead
+    temperature: float = bounded(1.0, ge=0)  # sampling temperature
+    max_new_tokens: int = bounded(96, ge=1)  # per sample (whole solutions) or per step (tree searches)
+    max_depth: int = bounded(12, ge=1)  # most steps in a tree search
+    # beam search: rank each candidate by the verifier's value this many sampled steps ahead
+    lookahead: int = bounded(0, ge=0)
 
     def __post_init__(self) -> None:
         if self.lookahead < 0:
@@ -102,14 +112,15 @@ class SearchConfig:
     model: str = "nano"  # the generator
     verifier: str = ""  # a directory written by `reasonloop verifiers`; needed by all but majority
     task: str = "arith"  # a world, with options: arith, countdown:n_numbers=3
-    n_eval: int = 100  # held-out problems (test split)
+    n_eval: int = bounded(100, ge=1)  # held-out problems (test split)
     strategy: str = "best_of_n"  # one of reasonloop.search.solve.STRATEGIES
-    budget: int = 8  # see reasonloop.search.solve
-    seed: int = 0  # sampling seed
-    temperature: float = 1.0
-    max_new_tokens: int = 96
-    max_depth: int = 12
-    lookahead: int = 0  # beam search: rank each candidate by the verifier's value this many sampled steps ahead
+    budget: int = bounded(8, ge=1)  # see reasonloop.search.solve
+    seed: int = bounded(0, ge=0)  # sampling seed
+    temperature: float = bounded(1.0, ge=0)
+    max_new_tokens: int = bounded(96, ge=1)
+    max_depth: int = bounded(12, ge=1)
+    # beam search: rank each candidate by the verifier's value this many sampled steps ahead
+    lookahead: int = bounded(0, ge=0)
 
     def as_scale(self) -> ScaleConfig:
         return ScaleConfig(

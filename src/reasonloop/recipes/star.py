@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reasonloop.core import RunDir, atomic_write_text
+from reasonloop.core import RunDir, atomic_write_text, bounded
 from reasonloop.engine import HFEngine
 from reasonloop.eval import greedy_accuracy, save_line_plot
 from reasonloop.models import load_model, save_model
@@ -43,21 +43,21 @@ class StarConfig:
 
     model: str = "nano"  # base model directory, or "nano" for the built-in model
     task: str = "arith"  # a built-in world (its problems carry a hint prompt)
-    n_train: int = 1000  # training problems (train split)
-    n_eval: int = 200  # held-out problems (test split) for greedy accuracy
-    rounds: int = 3  # most rounds
-    patience: int = 1  # stop after this many rounds without a better held-out accuracy
-    samples: int = 4  # rationales sampled per problem per round
-    temperature: float = 1.0  # sampling temperature
-    max_new_tokens: int = 96  # generation budget per rationale
+    n_train: int = bounded(1000, ge=1)  # training problems (train split)
+    n_eval: int = bounded(200, ge=1)  # held-out problems (test split) for greedy accuracy
+    rounds: int = bounded(3, ge=1)  # most rounds
+    patience: int = bounded(1, ge=1)  # stop after this many rounds without a better held-out accuracy
+    samples: int = bounded(4, ge=1)  # rationales sampled per problem per round
+    temperature: float = bounded(1.0, ge=0)  # sampling temperature
+    max_new_tokens: int = bounded(96, ge=1)  # generation budget per rationale
     rationalize: bool = True  # rationalise failures with the answer as a hint
-    keep_per_problem: int = 1  # distinct correct rationales kept per problem
+    keep_per_problem: int = bounded(1, ge=1)  # distinct correct rationales kept per problem
     continue_training: bool = False  # fine-tune the last round's model instead of the base
-    epochs: float = 3.0  # passes over the round's rationales
-    batch_size: int = 32  # sequences per optimiser step
-    lr: float = 1e-3  # peak learning rate
-    max_batch: int = 256  # engine rows in flight
-    seed: int = 0  # problems, sampling and training derive from this
+    epochs: float = bounded(3.0, gt=0)  # passes over the round's rationales
+    batch_size: int = bounded(32, ge=1)  # sequences per optimiser step
+    lr: float = bounded(1e-3, gt=0)  # peak learning rate
+    max_batch: int = bounded(256, ge=1)  # engine rows in flight
+    seed: int = bounded(0, ge=0)  # problems, sampling and training derive from this
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.samples < 1 or self.keep_per_problem < 1:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reasonloop.core import RunDir, atomic_write_json, atomic_write_text, defaults_of, split_steps, to_dict
+from reasonloop.core import RunDir, atomic_write_json, atomic_write_text, bounded, defaults_of, split_steps, to_dict
 from reasonloop.engine import HFEngine
 from reasonloop.eval import best_of_n_curve, greedy_accuracy, majority_curve, save_line_plot
 from reasonloop.eval.verifier_metrics import auroc, auroc_or_none, best_threshold, error_step_f1, predicted_first_error
@@ -68,21 +68,21 @@ class VerifiersConfig:
     generator: str = "nano"  # the model that writes solutions; every verifier starts from it
     task: str = "arith"  # a world with exact step checks, with options: arith, countdown:n_numbers=3
     kinds: str = "orm,prm,pav,bt,dpo,genrm"  # comma-separated subset of orm, prm, pav, bt, dpo, genrm
-    n_train: int = 500  # training problems (train split)
-    samples: int = 4  # solutions sampled per training problem
-    mc_k: int = 8  # rollouts per step prefix for the PRM / PAV labels
+    n_train: int = bounded(500, ge=1)  # training problems (train split)
+    samples: int = bounded(4, ge=1)  # solutions sampled per training problem
+    mc_k: int = bounded(8, ge=1)  # rollouts per step prefix for the PRM / PAV labels
     mc_all: bool = False  # MC-label every training sample (default: one correct and one incorrect per problem)
-    prover_k: int = 4  # the PAV prover is best-of-k of the generator
-    alpha: float = 1.0  # PAV: weight of the prover's advantage
-    genrm_votes: int = 4  # GenRM: sampled verifications averaged per score
-    epochs: float = 6.0  # passes over each verifier's data
-    lr: float = 1e-3  # value-head verifiers' learning rate
-    batch_size: int = 32  # examples (or pairs) per optimiser step
-    n_eval: int = 200  # held-out problems (test split)
-    best_of: int = 16  # N: samples per held-out problem
-    temperature: float = 1.0  # sampling temperature (training and held-out samples, rollouts)
-    max_new_tokens: int = 96  # generation budget per solution
-    seed: int = 0  # problems, sampling and training
+    prover_k: int = bounded(4, ge=1)  # the PAV prover is best-of-k of the generator
+    alpha: float = bounded(1.0, ge=0)  # PAV: weight of the prover's advantage
+    genrm_votes: int = bounded(4, ge=1)  # GenRM: sampled verifications averaged per score
+    epochs: float = bounded(6.0, gt=0)  # passes over each verifier's data
+    lr: float = bounded(1e-3, gt=0)  # value-head verifiers' learning rate
+    batch_size: int = bounded(32, ge=1)  # examples (or pairs) per optimiser step
+    n_eval: int = bounded(200, ge=1)  # held-out problems (test split)
+    best_of: int = bounded(16, ge=1)  # N: samples per held-out problem
+    temperature: float = bounded(1.0, ge=0)  # sampling temperature (training and held-out samples, rollouts)
+    max_new_tokens: int = bounded(96, ge=1)  # generation budget per solution
+    seed: int = bounded(0, ge=0)  # problems, sampling and training
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kind_list if k not in KINDS]

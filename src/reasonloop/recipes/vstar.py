@@ -23,7 +23,16 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from reasonloop.core import RunDir, Sample, atomic_write_json, atomic_write_text, defaults_of, read_jsonl, to_dict
+from reasonloop.core import (
+    RunDir,
+    Sample,
+    atomic_write_json,
+    atomic_write_text,
+    bounded,
+    defaults_of,
+    read_jsonl,
+    to_dict,
+)
 from reasonloop.engine import HFEngine
 from reasonloop.eval import best_of_n_curve, greedy_accuracy, majority_curve, save_line_plot
 from reasonloop.eval.verifier_metrics import auroc_or_none
@@ -38,14 +47,14 @@ from reasonloop.verifiers.dpo import AGGREGATES
 class VStarConfig(StarConfig):
     """STaR's keys, plus the verifier's and the evaluation's."""
 
-    verifier_beta: float = 0.1  # DPO temperature of the verifier
-    verifier_epochs: float = 2.0  # passes over the preference pairs
-    verifier_lr: float = 5e-4  # verifier learning rate
-    verifier_batch_size: int = 16  # pairs per optimiser step
-    pairs_per_problem: int = 4  # (correct, incorrect) pairs per problem
+    verifier_beta: float = bounded(0.1, gt=0)  # DPO temperature of the verifier
+    verifier_epochs: float = bounded(2.0, gt=0)  # passes over the preference pairs
+    verifier_lr: float = bounded(5e-4, gt=0)  # verifier learning rate
+    verifier_batch_size: int = bounded(16, ge=1)  # pairs per optimiser step
+    pairs_per_problem: int = bounded(4, ge=1)  # (correct, incorrect) pairs per problem
     verifier_init: str = "generator"  # start the verifier (and its reference) from "generator" or "base"
     verifier_aggregate: str = "sum"  # token log-ratios to a score: sum (paper), mean, or min_step
-    best_of: int = 16  # N: samples per held-out problem for vote and best-of-N
+    best_of: int = bounded(16, ge=1)  # N: samples per held-out problem for vote and best-of-N
 
     def __post_init__(self) -> None:
         super().__post_init__()

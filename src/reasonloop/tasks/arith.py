@@ -20,7 +20,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from reasonloop.core import Problem, join_steps
+from reasonloop.core import Problem, bounded, join_steps
 from reasonloop.tasks.base import WorldTask, check_split, hash_split
 
 STEP_RE = re.compile(r"^\s*(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
@@ -31,14 +31,14 @@ OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b
 class ArithConfig:
     """Knobs of the arithmetic world."""
 
-    min_ops: int = 2  # fewest operations in a chain
-    max_ops: int = 4  # most operations in a chain
-    start_max: int = 10  # first number is drawn from [1, start_max]
-    operand_max: int = 9  # operands of + and - are drawn from [1, operand_max]
-    mul_max: int = 3  # operands of * and / are drawn from [2, mul_max]
-    value_max: int = 50  # every intermediate value stays in [0, value_max]
+    min_ops: int = bounded(2, ge=1)  # fewest operations in a chain
+    max_ops: int = bounded(4, ge=1)  # most operations in a chain
+    start_max: int = bounded(10, ge=1)  # first number is drawn from [1, start_max]
+    operand_max: int = bounded(9, ge=1)  # operands of + and - are drawn from [1, operand_max]
+    mul_max: int = bounded(3, ge=2)  # operands of * and / are drawn from [2, mul_max]
+    value_max: int = bounded(50, ge=1)  # every intermediate value stays in [0, value_max]
     operators: str = "+-*"  # which of + - * / may appear
-    test_fraction: float = 0.2  # share of the expression space that is test-only
+    test_fraction: float = bounded(0.2, gt=0, lt=1)  # share of the expression space that is test-only
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ops <= self.max_ops:

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from reasonloop.core import Problem, join_steps
+from reasonloop.core import Problem, bounded, join_steps
 from reasonloop.tasks.arith import OPS, STEP_RE
 from reasonloop.tasks.base import WorldTask, check_split, hash_split
 
@@ -32,11 +32,11 @@ from reasonloop.tasks.base import WorldTask, check_split, hash_split
 class CountdownConfig:
     """Knobs of the countdown world."""
 
-    n_numbers: int = 4  # how many numbers are given
-    number_max: int = 12  # numbers are drawn from [1, number_max]
-    min_ops: int = 2  # fewest operations in the generating solution
-    target_max: int = 200  # targets stay in [1, target_max]
-    test_fraction: float = 0.2  # share of the problem space that is test-only
+    n_numbers: int = bounded(4, ge=2)  # how many numbers are given
+    number_max: int = bounded(12, ge=1)  # numbers are drawn from [1, number_max]
+    min_ops: int = bounded(2, ge=1)  # fewest operations in the generating solution
+    target_max: int = bounded(200, ge=1)  # targets stay in [1, target_max]
+    test_fraction: float = bounded(0.2, gt=0, lt=1)  # share of the problem space that is test-only
 
     def __post_init__(self) -> None:
         if self.n_numbers < 2 or not 1 <= self.min_ops <= self.n_numbers - 1:

@@ -3,7 +3,9 @@
 - GSM8K: `question`, `answer` (worked solution whose last line is ``#### N``).
 - MATH: `problem`, `solution` (LaTeX, answer in ``\\boxed{}``), `answer`.
 
-A malformed line raises `DataError` naming ``file:line`` and the reason.
+A malformed line raises `DataError` naming ``file:line`` and the reason, as does
+a question longer than `JsonlFormat.max_prompt_chars` (a line longer than
+`core.jsonl.MAX_LINE_BYTES` is refused before it is read whole).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from reasonloop.core import DataError, Grade, Problem, read_jsonl, split_steps
+from reasonloop.core import DataError, Grade, Problem, split_steps
+from reasonloop.core.jsonl import read_jsonl_numbered
 from reasonloop.tasks.base import check_grade, check_split
 
 NUMBER_RE = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
@@ -29,6 +32,7 @@ class JsonlFormat:
     id_field: str | None = None  # field holding a stable id (else file name + line)
     prompt_template: str = "Question: {prompt}\nAnswer:"  # how the question is shown to the model
     step_delimiter: str = "\n"
+    max_prompt_chars: int = 100_000  # a longer question is an error naming file:line (models see far fewer tokens)
 
 
 FORMATS = {
@@ -74,11 +78,17 @@ class JsonlTask:
             return self._problems
         f = self.format
         out: list[Problem] = []
-        for lineno, rec in enumerate(read_jsonl(self.path, drop_torn_tail=False), start=1):
+        for lineno, rec in read_jsonl_numbered(self.path, drop_torn_tail=False):
             where = f"{self.path}:{lineno}"
             for key in (f.prompt_field, f.answer_field):
                 if key not in rec:
                     raise DataError(f"{where}: missing field '{key}'")
+            question = str(rec[f.prompt_field])
+            if len(question) > f.max_prompt_chars:
+                raise DataError(
+                    f"{where}: field '{f.prompt_field}' is {len(question):,} characters, "
+                    f"more than the limit of {f.max_prompt_chars:,}"
+                )
             raw_answer = str(rec[f.answer_field])
             if f.answer_style == "gsm8k":
                 answer = gsm8k_final_answer(raw_answer)
@@ -91,7 +101,8 @@ class JsonlTask:
             if f.solution_field and f.solution_field in rec:
                 meta["solution"] = rec[f.solution_field]
             meta["source"] = str(self.path)
-            prompt = f.prompt_template.format(prompt=rec[f.prompt_field])
+            meta["source_line"] = lineno
+            prompt = f.prompt_template.format(prompt=question)
             out.append(Problem(id=pid, prompt=prompt, answer=answer, meta=meta))
         self._problems = out
         return out
