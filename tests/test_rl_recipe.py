@@ -143,8 +143,9 @@ def test_kill_9_mid_step_then_rerun_matches_an_uninterrupted_run(phase, tmp_path
         ("aggregate=mean", "aggregate: unknown 'mean'"),
         ("kl_in=both", "kl_in: expected 'loss' or 'reward'"),
         ("critic.lamda=0.9", "unknown key 'lamda' (did you mean 'lam'?)"),
-        ("steps=0", "steps: must be at least 1"),
-        ("lr=-1", "lr and temperature must be positive"),
+        ("steps=0", "key 'steps' must be"),
+        ("lr=-1", "key 'lr' must be"),
+        ("critic.gamma=2", "key 'gamma' must be"),
     ],
 )
 def test_bad_config_is_one_line_before_anything_runs(override, message, tmp_path, capsys):

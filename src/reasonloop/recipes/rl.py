@@ -43,7 +43,16 @@ from typing import Any
 
 import torch
 
-from reasonloop.core import Grader, Problem, Sample, atomic_write_text, grade_sample, read_jsonl, repair_jsonl
+from reasonloop.core import (
+    Grader,
+    Problem,
+    Sample,
+    atomic_write_text,
+    bounded,
+    grade_sample,
+    read_jsonl,
+    repair_jsonl,
+)
 from reasonloop.engine import HFEngine
 from reasonloop.eval import greedy_accuracy, save_line_plot
 from reasonloop.models import load_model, save_model
@@ -80,11 +89,11 @@ class CriticConfig:
     """PPO's critic: a value head on the policy's backbone (`shared`) or on its own copy of the starting model."""
 
     shared: bool = False  # one backbone for policy and critic (one forward pass), or a separate critic backbone
-    lr_scale: float = 10.0  # the critic's learning rate as a multiple of the policy's
-    coef: float = 0.5  # weight of the value loss in the total loss
-    clip: float = 0.2  # value clipping range around the values at sampling time
-    gamma: float = 1.0  # discount
-    lam: float = 0.95  # GAE lambda
+    lr_scale: float = bounded(10.0, gt=0)  # the critic's learning rate as a multiple of the policy's
+    coef: float = bounded(0.5, ge=0)  # weight of the value loss in the total loss
+    clip: float = bounded(0.2, gt=0)  # value clipping range around the values at sampling time
+    gamma: float = bounded(1.0, ge=0, le=1)  # discount
+    lam: float = bounded(0.95, ge=0, le=1)  # GAE lambda
 
 
 @dataclass(frozen=True)
@@ -95,28 +104,28 @@ class RLConfig:
     task: str = "arith"  # a world, with options (countdown:n_numbers=3)
     grader: str = ""  # a grader YAML file for the rewards ("" = the world's own check)
     algorithm: str = "grpo"  # grpo, dr_grpo, rloo, reinforce_pp or ppo
-    steps: int = 100  # RL steps (sample, grade, learn)
-    prompts_per_step: int = 16  # training problems per step
-    group_size: int = 8  # completions per problem (GRPO's G)
-    epochs: int = 1  # passes over each rollout batch (mu)
-    minibatch_size: int = 0  # completions per optimiser step (0: the whole batch, one step per epoch)
-    lr: float = 3e-4  # policy learning rate
-    warmup: int = 0  # linear warm-up, in optimiser steps
-    max_grad_norm: float = 1.0  # gradient clipping
-    eps_low: float = 0.2  # lower clip range of the ratio
-    eps_high: float = 0.2  # upper clip range (DAPO's clip-higher: 0.28)
+    steps: int = bounded(100, ge=1)  # RL steps (sample, grade, learn)
+    prompts_per_step: int = bounded(16, ge=1)  # training problems per step
+    group_size: int = bounded(8, ge=1)  # completions per problem (GRPO's G)
+    epochs: int = bounded(1, ge=1)  # passes over each rollout batch (mu)
+    minibatch_size: int = bounded(0, ge=0)  # completions per optimiser step (0: the whole batch, one step per epoch)
+    lr: float = bounded(3e-4, gt=0)  # policy learning rate
+    warmup: int = bounded(0, ge=0)  # linear warm-up, in optimiser steps
+    max_grad_norm: float = bounded(1.0, ge=0)  # gradient clipping
+    eps_low: float = bounded(0.2, ge=0, lt=1)  # lower clip range of the ratio
+    eps_high: float = bounded(0.2, ge=0)  # upper clip range (DAPO's clip-higher: 0.28)
     aggregate: str = "token_mean"  # per-token losses -> one number: token_mean, sequence_mean or constant (Dr. GRPO)
-    kl_coef: float = 0.0  # KL to the starting policy (0: no reference model is run)
+    kl_coef: float = bounded(0.0, ge=0)  # KL to the starting policy (0: no reference model is run)
     kl_in: str = "loss"  # "loss" (k3 term, GRPO) or "reward" (k1 penalty per token, PPO / REINFORCE++)
-    entropy_coef: float = 0.0  # entropy bonus
-    temperature: float = 1.0  # sampling temperature (the policy trained is the tempered one)
-    max_new_tokens: int = 96  # generation budget per completion
-    n_train: int = 1000  # training problems (train split), cycled through in shuffled epochs
-    n_eval: int = 200  # held-out problems (test split) for greedy accuracy
-    eval_every: int = 10  # steps between held-out evaluations (and at the start and the end)
-    save_every: int = 1  # steps between checkpoints (a kill redoes at most this many steps)
-    max_batch: int = 256  # engine rows in flight
-    seed: int = 0  # problems, sampling and training derive from this
+    entropy_coef: float = bounded(0.0, ge=0)  # entropy bonus
+    temperature: float = bounded(1.0, gt=0)  # sampling temperature (the policy trained is the tempered one)
+    max_new_tokens: int = bounded(96, ge=1)  # generation budget per completion
+    n_train: int = bounded(1000, ge=1)  # training problems (train split), cycled through in shuffled epochs
+    n_eval: int = bounded(200, ge=1)  # held-out problems (test split) for greedy accuracy
+    eval_every: int = bounded(10, ge=0)  # steps between held-out evaluations (and at the start and the end)
+    save_every: int = bounded(1, ge=1)  # steps between checkpoints (a kill redoes at most this many steps)
+    max_batch: int = bounded(256, ge=1)  # engine rows in flight
+    seed: int = bounded(0, ge=0)  # problems, sampling and training derive from this
     lora: LoraSettings | None = None  # train LoRA adapters only (e.g. lora: {r: 16}); None: every weight
     critic: CriticConfig = field(default_factory=CriticConfig)  # PPO only
 
@@ -132,16 +141,6 @@ class RLConfig:
             raise ValueError(f"aggregate: unknown {self.aggregate!r}; expected one of {', '.join(AGGREGATES)}")
         if self.kl_in not in ("loss", "reward"):
             raise ValueError(f"kl_in: expected 'loss' or 'reward', got {self.kl_in!r}")
-        for key in ("steps", "prompts_per_step", "group_size", "epochs", "n_train", "n_eval", "max_new_tokens"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key}: must be at least 1, got {getattr(self, key)}")
-        for key in ("minibatch_size", "eval_every", "warmup", "kl_coef", "entropy_coef", "eps_low", "eps_high"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key}: must be at least 0, got {getattr(self, key)}")
-        if self.save_every < 1 or self.max_batch < 1:
-            raise ValueError("save_every and max_batch must be at least 1")
-        if not (self.lr > 0 and self.temperature > 0):
-            raise ValueError("lr and temperature must be positive")
 
     @property
     def rows(self) -> int:
@@ -287,6 +286,44 @@ class RLRun:
         keys = {k for r in records for k in r} - {"step", "elapsed_s"}
         return {k: sum(r[k] for r in records if k in r) / max(1, sum(k in r for r in records)) for k in keys}
 
+    def train_step(self, problems: list[Problem], grader: Grader, delimiter: str, step: int) -> dict[str, float]:
+        """One RL step on `problems`: sample, grade, advantages, update. Its diagnostics (see the module docstring)."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        before = self.engine.counts.generated
+        groups = self.engine.generate(
+            [p.prompt for p in problems], cfg.group_size, temperature=cfg.temperature,
+            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + step,
+        )  # fmt: skip
+        generated = self.engine.counts.generated - before
+        t_rollout = time.perf_counter() - t0
+        rewards = rewards_of(grader, problems, groups, delimiter)
+        samples = [s for g in groups for s in g]
+        batch = rollout_batch(samples, self.tokenizer.pad_token_id or 0)
+        t1 = time.perf_counter()
+        if cfg.temperature != 1.0:  # the sampler's logprobs are untempered: recompute the tempered ones
+            with torch.no_grad():
+                batch.old_logprobs = completion_logprobs(self.policy, batch, cfg.temperature)
+        if cfg.kl_coef > 0:
+            batch.ref_logprobs = self.reference_logprobs(batch)
+        info = self.advantages(batch, rewards)
+        t2 = time.perf_counter()
+        updated = self.update(batch, step)
+        t_update = time.perf_counter() - t2
+        return {
+            **_rollout_stats(samples, rewards, cfg),
+            **info,
+            **updated,
+            "tokens_generated": generated,
+            "rollout_s": t_rollout,
+            "grade_s": t1 - t0 - t_rollout,
+            "prep_s": t2 - t1,
+            "update_s": t_update,
+            "rollout_tokens_per_s": generated / max(t_rollout, 1e-9),
+            "update_tokens_per_s": cfg.epochs * int(batch.mask.sum()) / max(t_update, 1e-9),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+
 
 def run_rl(cfg: RLConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=print) -> dict[str, Any]:
     """Run (or resume) online RL; returns the final held-out accuracy and the per-step records."""
@@ -310,44 +347,13 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=pri
         for step in range(rl.done_steps, cfg.steps):
             t0 = time.perf_counter()
             problems = [setup.train[i] for i in shuffled_batch(step, len(setup.train), cfg.prompts_per_step, cfg.seed)]
-            before = rl.engine.counts.generated
-            groups = rl.engine.generate(
-                [p.prompt for p in problems], cfg.group_size, temperature=cfg.temperature,
-                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + step,
-            )  # fmt: skip
-            generated = rl.engine.counts.generated - before
-            t_rollout = time.perf_counter() - t0
-            rewards = rewards_of(grader, problems, groups, task.step_delimiter)
-            samples = [s for g in groups for s in g]
-            batch = rollout_batch(samples, rl.tokenizer.pad_token_id or 0)
-            t1 = time.perf_counter()
-            if cfg.temperature != 1.0:  # the sampler's logprobs are untempered: recompute the tempered ones
-                with torch.no_grad():
-                    batch.old_logprobs = completion_logprobs(rl.policy, batch, cfg.temperature)
-            if cfg.kl_coef > 0:
-                batch.ref_logprobs = rl.reference_logprobs(batch)
-            info = rl.advantages(batch, rewards)
-            t_prep = time.perf_counter() - t1
-            updated = rl.update(batch, step)
-            t_update = time.perf_counter() - t1 - t_prep
-            tokens_sampled += generated
-            seconds += time.perf_counter() - t0
-            record = {
-                "step": step + 1,
-                **_rollout_stats(samples, rewards, cfg),
-                **info,
-                **updated,
-                "tokens_sampled": tokens_sampled,
-                "rollout_s": t_rollout,
-                "prep_s": t_prep,
-                "update_s": t_update,
-                "rollout_tokens_per_s": generated / max(t_rollout, 1e-9),
-                "update_tokens_per_s": cfg.epochs * int(batch.mask.sum()) / max(t_update, 1e-9),
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            }
+            record = rl.train_step(problems, grader, task.step_delimiter, step)
+            tokens_sampled += record["tokens_generated"]
+            record = {"step": step + 1, **record, "tokens_sampled": tokens_sampled}
             if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
                 record["held_out_accuracy"] = evaluate()
-            record["seconds"] = seconds
+            seconds += time.perf_counter() - t0
+            record["seconds"] = seconds  # wall time of the run so far, evaluations included
             records.append(_log(run, record))
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
                 rl.trainer.save({"rl_step": step + 1, "tokens_sampled": tokens_sampled, "seconds": seconds})

@@ -1,0 +1,162 @@
+"""One GRPO step, ours against TRL's GRPOTrainer, on the same tiny model, prompts, group size and completion length.
+
+    python bench/bench_rl_step.py                      # both settings, 6 timed steps each, 2 threads
+    python bench/bench_rl_step.py --steps 10 --threads 1
+
+Both sides run in this process, one after the other for each setting, with the
+same settings: GRPO, beta = 0 (no reference model), one optimiser step per
+rollout batch (mu = 1), temperature 1, full fine-tuning, AdamW. Each side
+first runs two untimed warm-up steps. The time of a step is split into rollout
+(generation), reward (grading) and update (everything else: logprobs,
+advantages, forward, backward, optimiser); for TRL by timing its `_generate`
+and reward calls inside `trainer.train()`. Prints a table and writes
+`bench/results/rl_step.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from reasonloop.models import build_tokenizer, load_model, save_model
+from reasonloop.recipes.rl import RLConfig, RLRun
+from reasonloop.tasks import ArithTask
+
+SETTINGS = [(2, 4, 8), (8, 8, 32)]  # (prompts, group size, completion tokens)
+
+
+def tiny_model_dir(root: Path) -> Path:
+    """A small random Llama over the nano tokenizer (4 layers, width 128), saved like any checkpoint."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+    )  # fmt: skip
+    return save_model(LlamaForCausalLM(cfg), tok, root / "model")
+
+
+def ours(model_dir: Path, problems, G: int, L: int, steps: int) -> list[dict[str, float]]:
+    cfg = RLConfig(model=str(model_dir), prompts_per_step=len(problems), group_size=G, max_new_tokens=L, lr=1e-5)
+    with tempfile.TemporaryDirectory() as ckpt:
+        rl = RLRun(cfg, model_dir, Path(ckpt))
+        task = ArithTask()
+        out = []
+        for step in range(steps + 2):
+            t0 = time.perf_counter()
+            r = rl.train_step(problems, task.grade, task.step_delimiter, step)
+            total = time.perf_counter() - t0
+            lengths = r["length_mean"]
+            out.append({"total": total, "rollout": r["rollout_s"], "reward": r["grade_s"], "length": lengths})
+    return out[2:]
+
+
+def trl(model_dir: Path, problems, G: int, L: int, steps: int) -> list[dict[str, float]]:
+    from accelerate.state import AcceleratorState
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    task = ArithTask()
+    model, tok = load_model(model_dir)
+    rows = [{"prompt": p.prompt, "answer": p.answer, "id": p.id} for p in problems] * (steps + 2)
+    by_id = {p.id: p for p in problems}
+    timing: dict[str, float] = {"rollout": 0.0, "reward": 0.0}
+
+    def reward(prompts, completions, id, **_):
+        t0 = time.perf_counter()
+        out = [task.grade(by_id[i], c).score for i, c in zip(id, completions)]
+        timing["reward"] += time.perf_counter() - t0
+        return out
+
+    args = GRPOConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=len(problems) * G, num_generations=G,
+        max_completion_length=L, temperature=1.0, beta=0.0, learning_rate=1e-5, max_steps=steps + 2,
+        logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=True, bf16=False, loss_type="dapo",
+        disable_tqdm=True, dataloader_num_workers=0, shuffle_dataset=False,
+    )  # fmt: skip
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok
+    )
+    gen = trainer._generate
+
+    def timed_generate(*a, **k):
+        t0 = time.perf_counter()
+        out = gen(*a, **k)
+        timing["rollout"] += time.perf_counter() - t0
+        return out
+
+    trainer._generate = timed_generate
+    steps_out: list[dict[str, float]] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            timing.update(start=time.perf_counter(), rollout=0.0, reward=0.0)
+
+        def on_step_end(self, *_, **__):
+            steps_out.append(
+                {
+                    "total": time.perf_counter() - timing["start"],
+                    "rollout": timing["rollout"],
+                    "reward": timing["reward"],
+                }
+            )
+
+    trainer.add_callback(Clock())
+    try:
+        trainer.train()
+    finally:
+        AcceleratorState._reset_state(True)
+    return steps_out[2:]
+
+
+def summary(rows: list[dict[str, float]]) -> dict[str, float]:
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    med["update"] = med["total"] - med["rollout"] - med["reward"]
+    return med
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per side and setting")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    results = []
+    with tempfile.TemporaryDirectory() as root:
+        model_dir = tiny_model_dir(Path(root))
+        for P, G, L in SETTINGS:
+            problems = ArithTask().problems("train", P, seed=1)
+            a = summary(ours(model_dir, problems, G, L, args.steps))
+            b = summary(trl(model_dir, problems, G, L, args.steps))
+            results.append(
+                {"prompts": P, "group": G, "tokens": L, "ours": a, "trl": b, "ratio": a["total"] / b["total"]}
+            )
+    print(f"{'setting':>14} | {'side':>5} | {'step ms':>8} | {'rollout':>8} | {'reward':>7} | {'update':>8} | ratio")
+    for r in results:
+        for side in ("ours", "trl"):
+            m = r[side]
+            ratio = f"{r['ratio']:.2f}x" if side == "ours" else ""
+            setting = f"{r['prompts']}x{r['group']}x{r['tokens']}"
+            print(
+                f"{setting:>14} | {side:>5} | {1000 * m['total']:8.1f} | {1000 * m['rollout']:6.1f} "
+                f"({100 * m['rollout'] / m['total']:.0f}%) | {1000 * m['reward']:7.2f} | {1000 * m['update']:8.1f} | {ratio}"
+            )
+    out = Path(__file__).parent / "results" / "rl_step.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"threads": args.threads, "steps": args.steps, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
