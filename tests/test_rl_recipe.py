@@ -194,3 +194,10 @@ def test_rl_cli_runs_and_resumes(tmp_path, solver_tiny_dir, capsys):
     assert "held-out greedy accuracy" in capsys.readouterr().err
     assert main(args) == 0  # finished: a rerun changes nothing
     assert _steps(tmp_path / "r") == [0, 1, 2]
+
+
+def test_the_example_config_loads():
+    from pathlib import Path
+
+    cfg = load_config(RLConfig, Path(__file__).parents[1] / "examples" / "rl" / "grpo_arith.yaml")
+    assert cfg.algorithm == "grpo" and cfg.optimizer_steps == cfg.steps * 4
