@@ -197,7 +197,7 @@ class RLRun:
         self.module = module
         train_cfg = TrainConfig(
             steps=cfg.optimizer_steps, lr=cfg.lr, warmup=cfg.warmup, min_lr_ratio=1.0,
-            max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, max_bad_steps=3, fused_adam=True,
+            max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, max_bad_steps=3,
         )  # fmt: skip
         self.trainer = Trainer(module, self.tokenizer, train_cfg, out_dir=ckpt_dir, lr_scales=scales)
         self.engine = HFEngine(policy, self.tokenizer, max_batch=cfg.max_batch, name=str(start))

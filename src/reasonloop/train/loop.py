@@ -57,7 +57,6 @@ class TrainConfig:
     max_bad_steps: int = 3  # consecutive non-finite losses tolerated before giving up
     seed: int = 0  # torch seed for the run
     mixed_precision: str = "no"  # "no", "bf16" or "fp16", passed to accelerate
-    fused_adam: bool = False  # torch's fused AdamW kernel (faster for many small tensors; last-bit differences)
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -167,8 +166,9 @@ class Trainer:
             for scale in sorted({1.0} | set((lr_scales or {}).values()))
             if (ps := [p for n, p in named if (p.dim() >= 2) == decay and scale_of(n) == scale]) or scale == 1.0
         ]
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), **({"fused": True} if cfg.fused_adam else {}))
-        self.model, self.opt = self.accelerator.prepare(model, opt)
+        # not fused: torch's fused CPU AdamW rounds differently with the tensors' memory alignment, so a resumed
+        # run would no longer equal an uninterrupted one bit for bit
+        self.model, self.opt = self.accelerator.prepare(model, torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95)))
         self.last = Path(out_dir) / "last" if out_dir is not None else None
         self.step_count, self.history, self.extra = 0, [], {}
         if self.last is not None and (self.last / "trainer_state.pt").exists():
