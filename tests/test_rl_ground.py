@@ -40,6 +40,27 @@ def test_training_logprobs_of_sampled_tokens_equal_the_engines(which, trained_ti
     assert (lp * (1 - batch.mask)).abs().sum() == 0  # padding carries nothing
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_shared_prefix_forward_equals_the_plain_forward_values_and_gradients(kind, char_tokenizer, monkeypatch):
+    """Each prompt encoded once for its completions gives the padded transformers forward's logprobs and grads."""
+    from reasonloop.train import shared_prefix
+
+    model = tiny_model(kind, char_tokenizer)
+    plain = copy.deepcopy(model)
+    batch = rollout_batch(_samples(HFEngine(model, char_tokenizer)), char_tokenizer.pad_token_id)
+    assert batch.prompts.shape[0] == 3 and batch.group.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    (completion_logprobs(model, batch) * torch.linspace(0.5, 1.5, batch.completion_length)).sum().backward()
+    monkeypatch.setattr(shared_prefix, "supports", lambda m: False)  # the transformers path
+    (completion_logprobs(plain, batch) * torch.linspace(0.5, 1.5, batch.completion_length)).sum().backward()
+    for (name, a), b in zip(model.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+    monkeypatch.undo()
+    sub = batch.select([7, 1, 2])  # a mini-batch keeps only the prompts its rows use
+    assert sub.group.tolist() == [1, 0, 0] and sub.prompts.shape[0] == 2
+    with torch.no_grad():
+        torch.testing.assert_close(completion_logprobs(model, sub), sub.old_logprobs, atol=1e-4, rtol=0)
+
+
 def test_a_rollout_batch_is_the_sampled_ids_not_a_retokenisation(char_tokenizer):
     s = Sample("p", "ignored text", token_ids=[9, 8, 7], logprobs=[-1.0, -2.0, -3.0], prompt_ids=[5, 6])
     short = Sample("q", "x", token_ids=[4], logprobs=[-0.5], prompt_ids=[1, 2, 3])
@@ -50,6 +71,7 @@ def test_a_rollout_batch_is_the_sampled_ids_not_a_retokenisation(char_tokenizer)
     assert b.mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     assert b.old_logprobs.tolist() == [[-1.0, -2.0, -3.0], [-0.5, 0.0, 0.0]]
     assert b.select([1]).input_ids.tolist() == [[1, 2, 3, 4, 0, 0]]
+    assert b.prompts.tolist() == [[0, 5, 6], [1, 2, 3]] and b.group.tolist() == [0, 1]
     with pytest.raises(ValueError, match="prompt_ids"):
         rollout_batch([Sample("p", "text", token_ids=[1], logprobs=[-1.0])], pad_id=0)
 

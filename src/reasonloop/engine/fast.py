@@ -63,7 +63,7 @@ def supports(model) -> bool:
     )
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
@@ -179,14 +179,14 @@ class FastDecoder:
         for i, (layer, (K, V)) in enumerate(zip(self.base.layers, cache)):
             attn, mlp = layer.self_attn, layer.mlp
             w_qkv, b_qkv, w_gu = self._layer_weights(i, layer)
-            h = _rms_norm(layer.input_layernorm, x)
+            h = rms_norm(layer.input_layernorm, x)
             q, k, v = F.linear(h, w_qkv, b_qkv).split([H * D, Hkv * D, Hkv * D], dim=-1)
             q, k, v = q.view(B, L, H, D), k.view(B, L, Hkv, D), v.view(B, L, Hkv, D)
             if hasattr(attn, "q_norm"):  # qwen3 normalises each head before rotary
-                q, k = _rms_norm(attn.q_norm, q), _rms_norm(attn.k_norm, k)
+                q, k = rms_norm(attn.q_norm, q), rms_norm(attn.k_norm, k)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, D)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
             K[rows, :, pos] = k.transpose(1, 2)  # (B, L, H_kv, D) into slots pos
             V[rows, :, pos] = v.transpose(1, 2)
             if L == 1:  # decoding: grouped heads share their key/value head, no copy of K or V
@@ -200,13 +200,13 @@ class FastDecoder:
                     q, K[:, :, :t_k], V[:, :, :t_k], attn_mask=mask, scale=attn.scaling, enable_gqa=Hkv != H
                 )  # (B, H, L, D)
             x = x + attn.o_proj(o.transpose(1, 2).reshape(B, L, H * D))
-            gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, x), w_gu).chunk(2, dim=-1)
+            gate, up = F.linear(rms_norm(layer.post_attention_layernorm, x), w_gu).chunk(2, dim=-1)
             x = x + mlp.down_proj(mlp.act_fn(gate) * up)
         if logits_at is not None:
             x = x[torch.arange(B, device=ids.device), logits_at]  # (B, C)
-        return self.model.lm_head(_rms_norm(self.base.norm, x)).float()
+        return self.model.lm_head(rms_norm(self.base.norm, x)).float()
 
 
-def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+def rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
     """The model's RMSNorm module as one fused op (computed in float32, like transformers)."""
     return F.rms_norm(x.float(), (x.shape[-1],), norm.weight.float(), norm.variance_epsilon).to(x.dtype)

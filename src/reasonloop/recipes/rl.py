@@ -272,13 +272,18 @@ class RLRun:
         return info
 
     def update(self, batch: RolloutBatch, step: int) -> dict[str, float]:
-        """`epochs` passes of mini-batch optimiser steps over `batch`; the mean of their metrics."""
+        """`epochs` passes of mini-batch optimiser steps over `batch`, in a fresh random order each pass (whole
+        groups at a time when the mini-batch holds whole groups); the mean of their metrics."""
         cfg = self.cfg
         size = cfg.minibatch_size or len(batch)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         records = []
+        G = cfg.group_size
         for _ in range(cfg.epochs):
-            order = torch.randperm(len(batch), generator=gen)
+            if size % G == 0:  # whole groups per mini-batch, so each prompt is encoded once per mini-batch
+                order = (torch.randperm(len(batch) // G, generator=gen)[:, None] * G + torch.arange(G)).reshape(-1)
+            else:
+                order = torch.randperm(len(batch), generator=gen)
             for i in range(0, len(batch), size):
                 record = self.trainer.step([batch.select(order[i : i + size])], self.loss)
                 if record is not None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reasonloop.train.rollout import RolloutBatch
+from reasonloop.train.rollout import RolloutBatch, completion_hidden
 
 CRITIC_FILE = "critic.safetensors"
 
@@ -46,16 +46,12 @@ class ActorCritic(nn.Module):
 
     def forward(self, batch: RolloutBatch, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits predicting each completion token / temperature, (B, T, V); values V(s_t), (B, T))."""
-        T = batch.completion_length
-        inputs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
-        out = self.policy(**inputs, logits_to_keep=T + 1, output_hidden_states=self.shared)
-        logits = out.logits[:, :-1].float() / temperature  # (B, T, V)
-        if self.shared:
-            hidden = out.hidden_states[-1]  # (B, P + T, C)
-        else:
-            hidden = self.critic["backbone"](**inputs, logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
+        hidden = completion_hidden(self.policy, batch)  # (B, T, C)
+        logits = self.policy.get_output_embeddings()(hidden).float() / temperature  # (B, T, V)
+        if not self.shared:
+            hidden = completion_hidden(self.critic["backbone"], batch)
         head = self.critic["head"]
-        values = head(hidden[:, -T - 1 : -1].to(head.weight.dtype)).squeeze(-1)  # (B, T): positions P-1 .. P+T-2
+        values = head(hidden.to(head.weight.dtype)).squeeze(-1)  # (B, T)
         return logits, values
 
     def save_pretrained(self, path: str | os.PathLike, **kwargs: object) -> None:

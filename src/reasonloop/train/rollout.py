@@ -4,10 +4,13 @@ Row b is `prompt_ids + token_ids` of one `Sample`: prompts are left-padded to a
 common length P and completions right-padded to T, so every per-token tensor
 is (B, T) and position t of row b is the t-th sampled token of that completion,
 as in TRL. Position ids count real tokens only, so a left-padded row sees the
-positions the engine saw. `completion_logprobs` runs the model and returns the
-log-probabilities of the sampled tokens; at temperature 1 they equal the
-sampler's own `Sample.logprobs` (tested to 1e-4), which is why the old policy's
-logprobs can be taken from the sampler instead of a second forward pass.
+positions the engine saw. The batch also holds each distinct prompt once
+(`prompts`, `group`), so Llama-family models encode a prompt once for its G
+completions (`shared_prefix.py`); other models run the padded rows through
+transformers. `completion_logprobs` returns the log-probabilities of the
+sampled tokens; at temperature 1 they equal the sampler's own `Sample.logprobs`
+(tested to 1e-4), which is why the old policy's logprobs can be taken from the
+sampler instead of a second forward pass.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from reasonloop.core import Sample
+from reasonloop.engine.fast import unwrap
+from reasonloop.train import shared_prefix
+
+PER_PROMPT = ("prompts", "prompt_mask", "group")  # fields indexed by prompt, not by row
 
 
 @dataclass
@@ -32,6 +39,9 @@ class RolloutBatch:
     ref_logprobs: torch.Tensor | None = None  # (B, T) under the frozen reference
     old_values: torch.Tensor | None = None  # (B, T) critic values at sampling time (PPO)
     returns: torch.Tensor | None = None  # (B, T) critic targets (PPO)
+    prompts: torch.Tensor | None = None  # (U, P) each distinct prompt once, left-padded
+    prompt_mask: torch.Tensor | None = None  # (U, P)
+    group: torch.Tensor | None = None  # (B,) index of each row's prompt in `prompts`
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -42,9 +52,15 @@ class RolloutBatch:
         return self.mask.shape[1]
 
     def select(self, rows: torch.Tensor | list[int]) -> RolloutBatch:
-        """The sub-batch of `rows` (a mini-batch), every tensor sliced alike."""
+        """The sub-batch of `rows` (a mini-batch): per-row tensors sliced alike, prompts kept that rows use."""
         rows = torch.as_tensor(rows, dtype=torch.long)
-        return replace(self, **{f.name: t[rows] for f in fields(self) if (t := getattr(self, f.name)) is not None})
+        sliced = {
+            f.name: t[rows]
+            for f in fields(self)
+            if f.name not in PER_PROMPT and (t := getattr(self, f.name)) is not None
+        }
+        used, group = torch.unique(self.group[rows], return_inverse=True)
+        return replace(self, **sliced, prompts=self.prompts[used], prompt_mask=self.prompt_mask[used], group=group)
 
 
 def rollout_batch(samples: list[Sample], pad_id: int) -> RolloutBatch:
@@ -72,23 +88,52 @@ def rollout_batch(samples: list[Sample], pad_id: int) -> RolloutBatch:
         mask[b, :c] = 1
         old[b, :c] = torch.tensor(s.logprobs)
     position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    return RolloutBatch(input_ids, attention, position_ids, mask, old)
+    index: dict[tuple[int, ...], int] = {}
+    group = torch.tensor([index.setdefault(tuple(s.prompt_ids), len(index)) for s in samples])
+    first = [next(b for b in range(B) if group[b] == u) for u in range(len(index))]
+    prompts, prompt_mask = input_ids[first, :P], attention[first, :P]
+    return RolloutBatch(
+        input_ids, attention, position_ids, mask, old, prompts=prompts, prompt_mask=prompt_mask, group=group
+    )
 
 
-def completion_logits(model, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
-    """Logits predicting each completion token, divided by `temperature`. -> (B, T, V)
-
-    Only the last T + 1 positions go through the LM head (`logits_to_keep`);
-    position P - 1 + t predicts completion token t.
-    """
+def completion_hidden(model, batch: RolloutBatch) -> torch.Tensor:
+    """Final hidden states at the positions predicting each completion token (what an LM or value head reads).
+    -> (B, T, C)"""
+    if shared_prefix.supports(model):
+        T = batch.completion_length
+        return shared_prefix.completion_hidden(
+            model, batch.prompts, batch.prompt_mask, batch.input_ids[:, -T:], batch.group
+        )
     T = batch.completion_length
     out = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
-        logits_to_keep=T + 1,
+        logits_to_keep=1,
+        output_hidden_states=True,
     )
-    logits = out.logits[:, :-1].float()  # (B, T, V)
+    return out.hidden_states[-1][:, -T - 1 : -1]
+
+
+def completion_logits(model, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
+    """Logits predicting each completion token, divided by `temperature`. -> (B, T, V)
+
+    Llama-family models share each prompt's encoding across its completions;
+    others run the padded rows through transformers with only the last T + 1
+    positions through the LM head (position P - 1 + t predicts completion token t).
+    """
+    T = batch.completion_length
+    if shared_prefix.supports(model):
+        logits = unwrap(model).lm_head(completion_hidden(model, batch)).float()
+    else:
+        out = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            logits_to_keep=T + 1,
+        )
+        logits = out.logits[:, :-1].float()  # (B, T, V)
     return logits / temperature if temperature != 1.0 else logits
 
 
