@@ -2,7 +2,15 @@
 
 from reasonloop.core.config import Range, bounded, defaults_of, from_dict, load_config, ranged, to_dict
 from reasonloop.core.generator import Generator, TokenCounts
-from reasonloop.core.jsonl import JsonlWriter, atomic_write_json, atomic_write_text, read_jsonl, repair_jsonl
+from reasonloop.core.jsonl import (
+    JsonlWriter,
+    WriteError,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+    repair_jsonl,
+)
 from reasonloop.core.rundir import RunDir
 from reasonloop.core.seeding import seed_everything, set_threads
 from reasonloop.core.types import (
@@ -26,6 +34,8 @@ __all__ = [
     "RunDir",
     "Sample",
     "TokenCounts",
+    "WriteError",
+    "atomic_dir",
     "atomic_write_json",
     "bounded",
     "atomic_write_text",
