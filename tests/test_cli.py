@@ -561,3 +561,91 @@ def test_disk_full_during_a_checkpoint_save_is_one_line_and_the_rerun_finishes(s
     samples = list(read_jsonl(kept / "samples" / "round1-plain.jsonl"))
     keys = [(r["problem_id"], r["meta"]["sample_index"]) for r in samples]
     assert len(keys) == len(set(keys)) == 16
+
+
+# --- docs/cli-errors.md lists every flag and config key with its check, and only tests that exist ---------------
+
+CONFIGS = {  # where each command's --set keys (or grader YAML keys) live
+    "init": "reasonloop.models.nano:NanoConfig",
+    "star": "reasonloop.recipes.star:StarConfig",
+    "rft": "reasonloop.recipes.rft:RftConfig",
+    "vstar, demo": "reasonloop.recipes.vstar:VStarConfig",
+    "verifiers": "reasonloop.recipes.verifiers:VerifiersConfig",
+    "search": "reasonloop.recipes.scale:SearchConfig",
+    "scale": "reasonloop.recipes.scale:ScaleConfig",
+    "--task-option, task=arith:...": "reasonloop.tasks.arith:ArithConfig",
+    "--task-option, task=countdown:...": "reasonloop.tasks.countdown:CountdownConfig",
+    **{f"grade (type: {t})": f"reasonloop.graders.registry:{t}" for t in ["python", "math", "numeric", "gsm8k"]},
+    **{f"grade (type: {t})": f"reasonloop.graders.registry:{t}" for t in ["json_fields", "text_similarity", "model"]},
+}
+
+
+TEXT_CHECKS = {  # what is checked for a flag that takes text ("command flag" overrides "flag")
+    "--task": "a known task; its options are checked as below",
+    "--data": "an existing JSONL file; lines of at most 16 MiB, questions of at most 100,000 characters",
+    "--task-option": "key=value; the world's key and its range (below)",
+    "--model": "a model directory (config.json, a tokenizer, readable safetensors) or nano",
+    "sample --output": "not a directory; an existing file must be one `sample` wrote; one writer at a time",
+    "eval --output": "not a directory",
+    "grade --output": "not a directory; an existing file must grade the same input; one writer at a time",
+    "--input": "an existing JSONL file of objects with `answer` and a string `completion`",
+    "--grader": "a YAML mapping: a known `type` and its keys (below)",
+    "--judge-model": "a model directory; the entry point must offer a loader",
+    "--set": "key=value; a known key of the command's config, its type and range (below)",
+    "--run-dir": "one writer at a time; a rerun must use the same config",
+    "--out": "a directory (created)",
+    "--config": "a YAML file holding a mapping of the config's keys",
+}
+
+
+def _doc_flag_rows() -> list[str]:
+    from reasonloop.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    rows = []
+    for command, p in [("(all)", parser), *sorted(sub.choices.items())]:
+        for a in p._actions:
+            if not a.option_strings or a.help == argparse.SUPPRESS or isinstance(a, argparse._HelpAction):
+                continue
+            rng, flag = getattr(a.type, "range", None), a.option_strings[-1]
+            check = f"{rng}" if rng else "one of " + ", ".join(a.choices) if a.choices else "-"
+            check = TEXT_CHECKS.get(f"{command} {flag}", TEXT_CHECKS.get(flag, check))
+            kind = "switch" if a.nargs == 0 else getattr(a.type, "__name__", "text") if a.type else "text"
+            rows.append(f"| {command} | `{a.option_strings[-1]}` | {kind} | {check} |")
+    return rows
+
+
+def _doc_config_rows() -> list[str]:
+    import dataclasses
+    import importlib
+    import typing
+
+    from reasonloop.core.config import field_range
+    from reasonloop.graders.registry import GRADERS
+
+    rows = []
+    for where, spec in CONFIGS.items():
+        module, name = spec.split(":")
+        cls = GRADERS[name][0] if module.endswith("registry") else getattr(importlib.import_module(module), name)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = getattr(hints[f.name], "__name__", str(hints[f.name]).replace("|", "or"))
+            if kind in ("int", "float"):
+                rng = field_range(cls, f.name)
+                assert rng is not None, f"{cls.__name__}.{f.name} declares no range"
+                rows.append(f"| {where} | `{f.name}` | {kind} | {rng} |")
+    return rows
+
+
+def test_cli_errors_doc_lists_every_flag_and_key_and_names_real_tests():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "cli-errors.md").read_text()
+    missing = [row for row in _doc_flag_rows() + _doc_config_rows() if row not in doc]
+    assert not missing, "docs/cli-errors.md lacks:\n" + "\n".join(missing)
+    tests = {m for f in (root / "tests").glob("test_*.py") for m in re.findall(r"^def (test_\w+)", f.read_text(), re.M)}
+    named = set(re.findall(r"`(test_\w+)`", doc.split("## Every flag")[0]))  # the table of error classes
+    assert named and named <= tests, f"the doc names tests that do not exist: {sorted(named - tests)}"
