@@ -566,7 +566,7 @@ def test_disk_full_during_a_checkpoint_save_is_one_line_and_the_rerun_finishes(s
 # --- docs/cli-errors.md lists every flag and config key with its check, and only tests that exist ---------------
 
 CONFIGS = {  # where each command's --set keys (or grader YAML keys) live
-    "init": "reasonloop.models.nano:NanoConfig",
+    "init": "reasonloop.recipes.nano:NanoConfig|reasonloop.models.nano:NanoConfig",  # moved to recipes on main
     "star": "reasonloop.recipes.star:StarConfig",
     "rft": "reasonloop.recipes.rft:RftConfig",
     "vstar, demo": "reasonloop.recipes.vstar:VStarConfig",
@@ -624,10 +624,20 @@ def _doc_config_rows() -> list[str]:
     from reasonloop.core.config import field_range
     from reasonloop.graders.registry import GRADERS
 
+    def find(spec: str) -> type:
+        for candidate in spec.split("|"):
+            module, name = candidate.split(":")
+            if module.endswith("registry"):
+                return GRADERS[name][0]
+            try:
+                return getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):
+                continue
+        raise LookupError(spec)
+
     rows = []
     for where, spec in CONFIGS.items():
-        module, name = spec.split(":")
-        cls = GRADERS[name][0] if module.endswith("registry") else getattr(importlib.import_module(module), name)
+        cls = find(spec)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             kind = getattr(hints[f.name], "__name__", str(hints[f.name]).replace("|", "or"))
