@@ -1,6 +1,6 @@
 """Seconds per python-grader grade under each sandbox isolation (bubblewrap, our namespaces, weak).
 
-    python bench/bench_sandbox.py [--items 40] [--isolation bwrap namespaces weak]
+    python bench/bench_sandbox.py [--items 40] [--isolation bwrap namespaces weak] [--results DIR]
 
 Each item is a small program plus its tests (half of them wrong), graded in this
 process one after another, so the figure is the sandbox's own start-up and
@@ -38,6 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=40)
     ap.add_argument("--isolation", nargs="+", default=["bwrap", "namespaces", "weak"])
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where sandbox-<user>.json goes")
     args = ap.parse_args()
     warnings.simplefilter("ignore")  # weak isolation warns once
     who = "root" if os.geteuid() == 0 else "user"
@@ -67,9 +68,10 @@ def main() -> None:
             f"| {r['isolation']} | {r['user']} | {r['items']} | {r['median_ms']:.0f} | {r['mean_ms']:.0f} "
             f"| {r['p90_ms']:.0f} |"
         )
-    RESULTS.mkdir(exist_ok=True)
+    args.results.mkdir(exist_ok=True)
     meta = {"machine": platform.machine(), "kernel": platform.release(), "python": platform.python_version()}
-    (RESULTS / f"sandbox-{who}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    meta["load_average"] = os.getloadavg()
+    (args.results / f"sandbox-{who}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -455,3 +455,209 @@ def test_two_star_runs_on_one_run_dir_the_second_refuses_and_a_rerun_after_kill_
     assert main(argv) == 0  # takes over the killed run's directory and finishes it
     state = json.loads((run / "state.json").read_text())
     assert [r["round"] for r in state["rounds"]] == [1] and (run / "checkpoints" / "round1" / "config.json").exists()
+
+
+# --- a full disk while writing ----------------------------------------------------------------------------------
+
+DISK_FULL = """
+import contextlib, json, os, shutil, sys
+from pathlib import Path
+from reasonloop.graders.sandbox_child import CLONE_NEWNS, MS_PRIVATE, MS_REC, _LIBC, _check, _mount
+import reasonloop.cli as cli
+
+small, after, fill_when, leave = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+argv = json.loads(sys.argv[5])
+_check(_LIBC.unshare(CLONE_NEWNS), "unshare")  # the tmpfs lives and dies with this process
+_mount(None, "/", None, MS_REC | MS_PRIVATE)
+_mount("tmpfs", small, "tmpfs", 0, "size=16m")
+filler = os.path.join(small, "filler")
+real_bar = cli.progress_bar
+
+
+def fill():  # the disk is full, but for `leave` bytes
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, bytes(1 << 16))
+    os.ftruncate(fd, max(0, os.fstat(fd).st_size - leave))
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def bar(total, description):
+    calls = [0]
+    with real_bar(total, description) as advance:
+        def counted(k=1, status=None):
+            calls[0] += 1
+            if description.startswith(fill_when.split("@")[0]) and calls[0] == int(fill_when.split("@")[1]):
+                fill()
+            advance(k, status)
+        yield counted
+
+
+cli.progress_bar = bar
+first = cli.main(argv)
+os.remove(filler)  # free space
+cli.progress_bar = real_bar
+second = cli.main(argv)
+left = [str(p) for p in Path(small).rglob("*") if ".tmp" in p.name]
+shutil.copytree(small, after)  # the tmpfs goes with this process: keep what it held for the test to read
+print(json.dumps({"first": first, "second": second, "temporaries": left}))
+"""
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+
+
+def _fill_disk_during(argv: list[str], small, fill_when: str, leave: int) -> tuple[dict, list[str]]:
+    """Run `argv` twice with `small` a 16 MB tmpfs: the first run fills it at `fill_when` (`<bar>@<advance>`),
+    leaving `leave` bytes; the second runs after the filler is deleted. What `small` held ends in `small.after`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    small.mkdir()
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    after = small.with_name(small.name + ".after")
+    cmd = [sys.executable, "-c", DISK_FULL, str(small), str(after), fill_when, str(leave), json.dumps(argv)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}, timeout=600)
+    if "cannot create namespaces" in out.stderr or "mount" in out.stderr and out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip().splitlines()[-1]}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    return json.loads(out.stdout.strip().splitlines()[-1]), errors
+
+
+@ROOT_ONLY
+def test_disk_full_during_sample_is_one_line_and_the_rerun_finishes(built, tmp_path):
+    small = tmp_path / "small"
+    out = small / "s.jsonl"
+    argv = ["sample", "--model", str(built), "--num-problems", "6", "--n", "2", "--max-new-tokens", "16"]
+    argv += ["--max-batch", "2", "--output", str(out)]
+    # full after 2 problems: the rest of the file's last page holds a record or two, then a write stops half-way
+    res, errors = _fill_disk_during(argv, small, "sampling@4", leave=0)
+    assert res["first"] == 2 and res["second"] == 0 and res["temporaries"] == []
+    assert errors == [
+        f"error: {out}: cannot write: No space left on device; free space (or fix the file system) and rerun to resume"
+    ]
+    kept = tmp_path / "small.after" / "s.jsonl"
+    keys = [(r["problem_id"], r["meta"]["sample_index"]) for r in read_jsonl(kept)]  # no torn line either
+    assert len(keys) == len(set(keys)) == 12  # nothing lost, nothing twice
+
+
+@ROOT_ONLY
+def test_disk_full_during_a_checkpoint_save_is_one_line_and_the_rerun_finishes(solver_tiny_dir, tmp_path):
+    small = tmp_path / "small"
+    run = small / "run"
+    sets = [f"model={solver_tiny_dir}", "n_train=8", "n_eval=2", "rounds=1", "samples=2", "max_new_tokens=48"]
+    argv = ["star", "--run-dir", str(run), *(x for s in [*sets, "epochs=4", "batch_size=2"] for x in ("--set", s))]
+    res, errors = _fill_disk_during(argv, small, "fine-tuning@1", leave=0)  # full once the first step is done
+    assert res["first"] == 2 and res["second"] == 0 and res["temporaries"] == []
+    assert len(errors) == 1 and errors[0].startswith(f"error: {run / 'checkpoints' / 'round1-train' / 'last'}: ")
+    assert "cannot write: " in errors[0] and "No space left on device" in errors[0]
+    kept = tmp_path / "small.after" / "run"
+    state = json.loads((kept / "state.json").read_text())
+    assert [r["round"] for r in state["rounds"]] == [1] and (kept / "checkpoints" / "round1" / "config.json").exists()
+    assert state["rounds"][0]["rationales_plain"] > 0  # it did fine-tune (and so saved checkpoints)
+    samples = list(read_jsonl(kept / "samples" / "round1-plain.jsonl"))
+    keys = [(r["problem_id"], r["meta"]["sample_index"]) for r in samples]
+    assert len(keys) == len(set(keys)) == 16
+
+
+# --- docs/cli-errors.md lists every flag and config key with its check, and only tests that exist ---------------
+
+CONFIGS = {  # where each command's --set keys (or grader YAML keys) live
+    "init": "reasonloop.recipes.nano:NanoConfig",
+    "rl": "reasonloop.recipes.rl:RLConfig",
+    "rl (critic.*)": "reasonloop.recipes.rl:CriticConfig",
+    "star": "reasonloop.recipes.star:StarConfig",
+    "rft": "reasonloop.recipes.rft:RftConfig",
+    "vstar, demo": "reasonloop.recipes.vstar:VStarConfig",
+    "verifiers": "reasonloop.recipes.verifiers:VerifiersConfig",
+    "search": "reasonloop.recipes.scale:SearchConfig",
+    "scale": "reasonloop.recipes.scale:ScaleConfig",
+    "--task-option, task=arith:...": "reasonloop.tasks.arith:ArithConfig",
+    "--task-option, task=countdown:...": "reasonloop.tasks.countdown:CountdownConfig",
+    **{f"grade (type: {t})": f"reasonloop.graders.registry:{t}" for t in ["python", "math", "numeric", "gsm8k"]},
+    **{f"grade (type: {t})": f"reasonloop.graders.registry:{t}" for t in ["json_fields", "text_similarity", "model"]},
+}
+
+
+TEXT_CHECKS = {  # what is checked for a flag that takes text ("command flag" overrides "flag")
+    "--task": "a known task; its options are checked as below",
+    "--data": "an existing JSONL file; lines of at most 16 MiB, questions of at most 100,000 characters",
+    "--task-option": "key=value; the world's key and its range (below)",
+    "--model": "a model directory (config.json, a tokenizer, readable safetensors) or nano",
+    "sample --output": "not a directory; an existing file must be one `sample` wrote; one writer at a time",
+    "eval --output": "not a directory",
+    "grade --output": "not a directory; an existing file must grade the same input; one writer at a time",
+    "--input": "an existing JSONL file of objects with `answer` and a string `completion`",
+    "--grader": "a YAML mapping: a known `type` and its keys (below)",
+    "--judge-model": "a model directory; the entry point must offer a loader",
+    "--set": "key=value; a known key of the command's config, its type and range (below)",
+    "--run-dir": "one writer at a time; a rerun must use the same config",
+    "--out": "a directory (created)",
+    "--config": "a YAML file holding a mapping of the config's keys",
+}
+
+
+def _doc_flag_rows() -> list[str]:
+    from reasonloop.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    rows = []
+    for command, p in [("(all)", parser), *sorted(sub.choices.items())]:
+        for a in p._actions:
+            if not a.option_strings or a.help == argparse.SUPPRESS or isinstance(a, argparse._HelpAction):
+                continue
+            rng, flag = getattr(a.type, "range", None), a.option_strings[-1]
+            check = f"{rng}" if rng else "one of " + ", ".join(a.choices) if a.choices else "-"
+            check = TEXT_CHECKS.get(f"{command} {flag}", TEXT_CHECKS.get(flag, check))
+            kind = "switch" if a.nargs == 0 else getattr(a.type, "__name__", "text") if a.type else "text"
+            rows.append(f"| {command} | `{a.option_strings[-1]}` | {kind} | {check} |")
+    return rows
+
+
+def _doc_config_rows() -> list[str]:
+    import dataclasses
+    import importlib
+    import typing
+
+    from reasonloop.core.config import field_range
+    from reasonloop.graders.registry import GRADERS
+
+    def find(spec: str) -> type:
+        for candidate in spec.split("|"):
+            module, name = candidate.split(":")
+            if module.endswith("registry"):
+                return GRADERS[name][0]
+            try:
+                return getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):
+                continue
+        raise LookupError(spec)
+
+    rows = []
+    for where, spec in CONFIGS.items():
+        cls = find(spec)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = getattr(hints[f.name], "__name__", str(hints[f.name]).replace("|", "or"))
+            if kind in ("int", "float"):
+                rng = field_range(cls, f.name)
+                assert rng is not None, f"{cls.__name__}.{f.name} declares no range"
+                rows.append(f"| {where} | `{f.name}` | {kind} | {rng} |")
+    return rows
+
+
+def test_cli_errors_doc_lists_every_flag_and_key_and_names_real_tests():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "cli-errors.md").read_text()
+    missing = [row for row in _doc_flag_rows() + _doc_config_rows() if row not in doc]
+    assert not missing, "docs/cli-errors.md lacks:\n" + "\n".join(missing)
+    tests = {m for f in (root / "tests").glob("test_*.py") for m in re.findall(r"^def (test_\w+)", f.read_text(), re.M)}
+    named = set(re.findall(r"`(test_\w+)`", doc.split("## Every flag")[0]))  # the table of error classes
+    assert named and named <= tests, f"the doc names tests that do not exist: {sorted(named - tests)}"

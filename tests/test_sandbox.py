@@ -489,3 +489,31 @@ def test_hostile_suite_as_an_unprivileged_user():
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     summary = out.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
+
+
+# --- graded as completions: every hostile program scores 0 -------------------------------------------------------
+
+HOSTILE = {
+    "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+    "daemon": "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nos._exit(0)",
+    "detached sleep": "import subprocess\nsubprocess.Popen(['sleep', '600'], start_new_session=True)",
+    "kill the parent": "import os\nos.kill(os.getppid(), 9)\nos.kill(-1, 9)",
+    "fake verdict": "import os, sys\nprint('tests passed')\nos.write(int(os.environ.get('REASONLOOP_RESULT_FD', 1)), b'1')",
+    "write outside": "for p in ['/tmp/reasonloop-evil', '/reasonloop-evil']:\n    try:\n        open(p, 'w')\n    except OSError:\n        pass",
+    "10 GB": "x = bytearray(10 * 1024**3)",
+    "infinite loop": "while True:\n    pass",
+    "unix socket": "import socket\nsocket.socket(socket.AF_UNIX).connect('/tmp/.X11-unix/X0')",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_every_hostile_program_scores_zero_as_a_graded_completion(name):
+    from reasonloop.core import Problem
+    from reasonloop.graders.python_grader import PythonConfig, python_grade
+
+    cfg = PythonConfig(tests="assert answer() == 42", timeout_s=2.0, cpu_s=2, memory_mb=512, max_processes=16)
+    started = time.monotonic()
+    grade = python_grade(cfg, Problem("p", "Write answer().", ""), f"```python\n{HOSTILE[name]}\n```")
+    assert grade.score == 0.0 and grade.reason.startswith("tests failed"), grade
+    assert time.monotonic() - started < 4
+    assert _evil_files() == []

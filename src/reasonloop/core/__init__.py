@@ -3,7 +3,15 @@
 from reasonloop.core.config import Range, bounded, defaults_of, from_dict, load_config, ranged, to_dict
 from reasonloop.core.generator import Generator, TokenCounts, Verifier
 from reasonloop.core.grading import Grade, Grader, grade_sample, mean_score
-from reasonloop.core.jsonl import JsonlWriter, atomic_write_json, atomic_write_text, read_jsonl, repair_jsonl
+from reasonloop.core.jsonl import (
+    JsonlWriter,
+    WriteError,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl,
+    repair_jsonl,
+)
 from reasonloop.core.rundir import RunDir
 from reasonloop.core.seeding import seed_everything, set_threads
 from reasonloop.core.types import (
@@ -30,6 +38,8 @@ __all__ = [
     "Sample",
     "TokenCounts",
     "Verifier",
+    "WriteError",
+    "atomic_dir",
     "atomic_write_json",
     "bounded",
     "atomic_write_text",

@@ -1,39 +1,92 @@
-"""Append-only JSONL that survives being killed mid-write, and atomic whole-file writes.
+"""Append-only JSONL that survives being killed mid-write, and atomic whole-file and whole-directory writes.
 
-A record is one `write()` of `json + "\\n"` followed by a flush (and fsync when
-asked). If the process dies mid-write the file ends without a newline: that torn
-last line is detected, reported and dropped, never parsed, both when reading and
-when a writer reopens the file to append.
+A record is one `write()` of `json + "\\n"` (and an fsync when asked). If the
+process dies mid-write the file ends without a newline: that torn last line is
+detected, reported and dropped, never parsed, both when reading and when a
+writer reopens the file to append.
+
+A write that fails (disk full, quota, read-only, I/O error) raises `WriteError`,
+one line naming the file: a JSONL append is cut back to its last whole line, an
+atomic file or directory leaves the old version and no temporary behind, so the
+rerun after freeing space resumes with nothing lost or duplicated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from reasonloop.core.types import DataError
+from reasonloop.core.types import DataError, ReasonloopError
+
+
+class WriteError(ReasonloopError):
+    """Writing a file failed (disk full, quota, read-only file system, I/O error); the message names the file."""
+
+
+# How torch and safetensors word a failed write: they raise RuntimeError or their own errors, not OSError.
+_WRITE_FAILURES = ("No space left", "Disk quota", "Read-only file system", "file write failed", "IoError")
+
+
+def write_failure(path: str | os.PathLike, e: BaseException) -> WriteError | None:
+    """`e` as a one-line `WriteError` naming `path` when it is a failed write, else None (a bug stays a bug)."""
+    if isinstance(e, OSError):
+        reason = e.strerror or str(e)
+    elif any(w in str(e) for w in _WRITE_FAILURES):
+        reason = str(e).splitlines()[0][:200]
+    else:
+        return None
+    return WriteError(f"{path}: cannot write: {reason}; free space (or fix the file system) and rerun to resume")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` so that readers see the old or the new file, never half of one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        failure = write_failure(path, e) if isinstance(e, Exception) else None
+        if failure is not None:
+            raise failure from None
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a directory atomically: `with atomic_dir(p) as tmp:` fill `tmp` (`<p>.tmp`); on success it
+    replaces `p`. A failed write (disk full, ...) removes `tmp` and raises `WriteError`; a `tmp` left by a
+    killed writer is removed by the next one. Readers see the old directory or the new one, never half of one.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        yield tmp
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        failure = write_failure(path, e)
+        if failure is not None:
+            raise failure from None
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -142,29 +195,42 @@ def repair_jsonl(path: str | os.PathLike) -> bool:
 class JsonlWriter:
     """Append records to a JSONL file, one whole line per write.
 
-    Opening repairs a torn tail left by a killed writer. Use as a context manager.
+    Opening repairs a torn tail left by a killed writer. A write that fails
+    (disk full, ...) is cut back to the last whole line and raises `WriteError`.
+    Use as a context manager.
     """
 
     def __init__(self, path: str | os.PathLike, *, fsync: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         repair_jsonl(self.path)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._fsync = fsync
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        if self._fsync:
-            os.fsync(self._f.fileno())
+        if self._fd is None:
+            raise ValueError(f"{self.path}: writer is closed")
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, end)  # no torn line left behind (shrinking needs no space)
+            raise write_failure(self.path, e) from None
 
     def write_many(self, records: list[dict[str, Any]]) -> None:
         for r in records:
             self.write(r)
 
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> JsonlWriter:
         return self

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import weakref
 from pathlib import Path
@@ -37,6 +38,16 @@ class RunDir:
         weakref.finalize(self, self._lock.release)
         for sub in ("samples", "checkpoints", "plots"):
             (self.path / sub).mkdir(exist_ok=True)
+        self._drop_temporaries()
+
+    def _drop_temporaries(self) -> None:
+        """Remove what a writer killed mid-write left: `.<name>.*.tmp` files of atomic writes and `<dir>.tmp`
+        checkpoint directories. Safe: this process holds the run's lock, so no one else is writing them."""
+        for tmp in [*self.path.glob(".*.tmp"), *self.path.glob("*/.*.tmp")]:
+            tmp.unlink(missing_ok=True)
+        for tmp in self.path.glob("checkpoints/**/*.tmp"):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def close(self) -> None:
         """Let another process write this run (also done when the object is collected or the process ends)."""

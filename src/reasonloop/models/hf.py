@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from reasonloop.core import ReasonloopError
+from reasonloop.core import ReasonloopError, atomic_dir
 from reasonloop.core.paths import reasonloop_home, resolve_model  # noqa: F401 - re-exported
 
 
@@ -91,19 +91,11 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
 def save_model(model, tokenizer, path: str | os.PathLike) -> Path:
     """Save model (safetensors) and tokenizer so that `load_model(path)` restores both.
 
-    Written to a temporary sibling and renamed, so a kill never leaves half a checkpoint.
+    Written to a temporary sibling and renamed (`core.atomic_dir`), so a kill never leaves half a
+    checkpoint and a full disk is one line naming the directory, with nothing half-written left.
     """
     p = Path(path).expanduser()
-    tmp = p.with_name(p.name + ".tmp-save")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if p.exists():
-        import shutil
-
-        shutil.rmtree(p)
-    os.replace(tmp, p)
+    with atomic_dir(p) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return p

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from typing import Any
 
 import torch
 
-from reasonloop.core import ReasonloopError
+from reasonloop.core import ReasonloopError, atomic_dir
 
 LossFn = Callable[[Any, Any], tuple[torch.Tensor, dict[str, float]]]
 
@@ -73,17 +72,12 @@ class TrainConfig:
 def _save_checkpoint(
     path: Path, model, tokenizer, opt, step: int, history: list[dict], extra: dict | None = None
 ) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    state = {"optimizer": opt.state_dict(), "step": step, "history": history, "rng": torch.get_rng_state()}
-    torch.save({**state, **(extra or {})}, tmp / "trainer_state.pt")
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    with atomic_dir(path) as tmp:  # a full disk: one line, no half checkpoint, no tmp left
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        state = {"optimizer": opt.state_dict(), "step": step, "history": history, "rng": torch.get_rng_state()}
+        torch.save({**state, **(extra or {})}, tmp / "trainer_state.pt")
 
 
 def load_weights(model, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
