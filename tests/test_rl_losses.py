@@ -172,7 +172,8 @@ def test_grpo_loss_and_gradient_equal_trl(loss_type, aggregate, bias_correction,
     beta, eps_low, eps_high = 0.1, 0.2, 0.28
     g = torch.Generator().manual_seed(0)
     B, P, T = 4, 5, 8
-    prompt = torch.randint(4, 60, (B, P), generator=g)  # prompts of equal length: no prompt padding
+    # prompts of equal length (no prompt padding), two completions of each: our forward encodes each prompt once
+    prompt = torch.randint(4, 60, (B // 2, P), generator=g).repeat_interleave(2, dim=0)
     completion = torch.randint(4, 60, (B, T), generator=g)
     cmask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3, [1] * 2 + [0] * 6, [1] * 7 + [0]])
     advantages = torch.tensor([1.2, -0.7, 0.4, -1.1])
@@ -180,6 +181,7 @@ def test_grpo_loss_and_gradient_equal_trl(loss_type, aggregate, bias_correction,
         base = RolloutBatch(
             torch.cat([prompt, completion], 1), torch.cat([torch.ones(B, P, dtype=torch.long), cmask], 1),
             torch.arange(P + T).expand(B, -1), cmask.float(), torch.zeros(B, T),
+            prompts=prompt[::2], prompt_mask=torch.ones(B // 2, P, dtype=torch.long), group=torch.arange(B) // 2,
         )  # fmt: skip
         current = completion_logprobs(ours_model, base)
         old = (current + 0.4 * torch.randn(B, T, generator=g)) * cmask

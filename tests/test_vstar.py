@@ -58,7 +58,7 @@ def test_line_plots_draw_every_series(tmp_path, monkeypatch):
     """The verifier report plots seven series; an earlier version silently dropped all past the fourth."""
     import matplotlib.axes
 
-    from reasonloop.recipes.common import save_line_plot
+    from reasonloop.eval import save_line_plot
 
     drawn = []
     original = matplotlib.axes.Axes.plot

@@ -115,7 +115,7 @@ def run_star(cfg: StarConfig, run_dir: str | Path, bar: BarFactory = no_bar, log
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed + r, bar=bar,
         )  # fmt: skip
         acc = greedy_accuracy(
-            HFEngine.from_pretrained(ckpt, max_batch=cfg.max_batch), task, test_problems, cfg.max_new_tokens
+            HFEngine.from_pretrained(ckpt, max_batch=cfg.max_batch), task.grade, test_problems, cfg.max_new_tokens
         )
         record = {
             "round": r,

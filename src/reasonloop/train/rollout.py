@@ -100,7 +100,7 @@ def rollout_batch(samples: list[Sample], pad_id: int) -> RolloutBatch:
 def completion_hidden(model, batch: RolloutBatch) -> torch.Tensor:
     """Final hidden states at the positions predicting each completion token (what an LM or value head reads).
     -> (B, T, C)"""
-    if shared_prefix.supports(model):
+    if batch.group is not None and shared_prefix.supports(model):
         T = batch.completion_length
         return shared_prefix.completion_hidden(
             model, batch.prompts, batch.prompt_mask, batch.input_ids[:, -T:], batch.group
@@ -124,7 +124,7 @@ def completion_logits(model, batch: RolloutBatch, temperature: float = 1.0) -> t
     positions through the LM head (position P - 1 + t predicts completion token t).
     """
     T = batch.completion_length
-    if shared_prefix.supports(model):
+    if batch.group is not None and shared_prefix.supports(model):
         logits = unwrap(model).lm_head(completion_hidden(model, batch)).float()
     else:
         out = model(
