@@ -89,6 +89,7 @@ class FastDecoder:
         self._cos = self._sin = None
         self._slots: Cache | None = None
         self._fused: dict[int, tuple] = {}
+        self._checked: set[int] = set()  # layers whose fused weights were checked since the last `refresh`
 
     def _rotary(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (B, L, D) for positions `pos` (B, L), from a table grown on demand."""
@@ -130,12 +131,21 @@ class FastDecoder:
         """Keep cache rows `rows` (with repeats: this is how one prompt's cache feeds many samples)."""
         return [(k[rows, :, :length], v[rows, :, :length]) for k, v in cache]
 
+    def refresh(self) -> None:
+        """Check every layer's fused weights against the model again at its next use (the engine calls this at
+        the start of every generate or scoring call; within one call the weights cannot change)."""
+        self._checked.clear()
+
     def _layer_weights(self, i: int, layer) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Fused q|k|v and gate|up weights of layer i: one matmul instead of three, and two.
 
         Rebuilt whenever a source tensor is replaced or changed in place (its
-        version counter moves), so an engine over a model being trained stays right.
+        version counter moves), so an engine over a model being trained stays
+        right; checked once per layer after each `refresh`.
         """
+        cached = self._fused.get(i)
+        if cached is not None and i in self._checked:
+            return cached[1], cached[2], cached[3]
         a, m = layer.self_attn, layer.mlp
         linears = [a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj]
         biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
@@ -143,7 +153,7 @@ class FastDecoder:
         key = tuple((id(t), t._version) for t in tensors) + tuple(
             bool(getattr(lin, "disable_adapters", False)) for lin in linears
         )
-        cached = self._fused.get(i)
+        self._checked.add(i)
         if cached is None or cached[0] != key:
             with torch.no_grad():
                 srcs = [effective_weight(lin) for lin in linears]

@@ -128,6 +128,7 @@ class HFEngine:
         gen = torch.Generator().manual_seed(seed)
         self.counts.calls += 1
         if self.decoder is not None:
+            self.decoder.refresh()  # the model may have been trained since the last call
             decoder = RowDecoder(self.decoder, self.tokenizer.pad_token_id or 0, self.max_batch)
             results = decoder.run(
                 [prompt_ids[i] for i, _ in rows],
@@ -261,6 +262,7 @@ class HFEngine:
         for r, f in enumerate(full):
             ids[r, : len(f)] = torch.tensor(f)
         if self.decoder is not None:
+            self.decoder.refresh()
             cache = self.decoder.new_cache(len(full), l_max)
             logits = self.decoder.forward(ids, torch.zeros(len(full), dtype=torch.long), cache)  # (B, T, V)
         else:
