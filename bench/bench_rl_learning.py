@@ -2,13 +2,16 @@
 
     python bench/bench_rl_learning.py                          # 3 seeds x 4 methods (hours on 2 cores)
     python bench/bench_rl_learning.py --seeds 0 --methods grpo --threads 2
+    # on 2 cores, two halves side by side (1 thread each), then once more to plot (every run is then done):
+    python bench/bench_rl_learning.py --methods grpo,rloo --threads 1 & python bench/bench_rl_learning.py --methods ppo,star --threads 1
+    python bench/bench_rl_learning.py
 
 Each (method, seed) is a resumable run directory under `--out` (rerun the same
 command to continue after a kill). The RL runs use `examples/rl/grpo_arith.yaml`
 with `algorithm` set (PPO: a shared critic); STaR uses the demo's settings.
 Sampled tokens count every token the method's generator wrote for training
 (RL: each step's rollouts; STaR: every rationale sampled, hinted ones
-included), not held-out evaluation. Writes `summary.json` in `--out` and the
+included), not held-out evaluation. Writes `summary-<methods>.json` in `--out` and, with all four methods, the
 figure `docs/figures/rl_arith_accuracy_vs_tokens.png` (mean over seeds, the
 spread from min to max shaded).
 """
@@ -88,6 +91,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "rl_learning"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no bar per checkpoint save
     out = Path(args.out)
     summary: dict[str, dict[int, list]] = {}
     for method in args.methods.split(","):
@@ -98,8 +104,10 @@ def main() -> int:
             print(
                 f"{method} seed {seed}: {100 * first[1]:.1f}% -> {100 * last[1]:.1f}% after {last[0]:,} tokens, {last[2]:.0f} s"
             )
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot(summary, ROOT / "docs" / "figures" / "rl_arith_accuracy_vs_tokens.png")
+    (out / f"summary-{'-'.join(summary)}.json").write_text(json.dumps(summary, indent=1))
+    plot(
+        summary, ROOT / "docs" / "figures" / f"rl_arith_accuracy_vs_tokens{'' if len(summary) == 4 else '-partial'}.png"
+    )
     return 0
 
 
