@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,33 @@ def tiny_model(kind: str, tokenizer, seed: int = 0):
     if kind == "qwen2":
         return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
     raise ValueError(kind)
+
+
+def greedy_accuracy_of(model_dir, task, problems, max_new_tokens) -> float:
+    """Held-out greedy accuracy of a saved model, decoded and graded here rather than read from a recipe."""
+    from reasonloop.engine import HFEngine
+
+    out = HFEngine.from_pretrained(model_dir).generate(
+        [p.prompt for p in problems], 1, temperature=0.0, max_new_tokens=max_new_tokens
+    )
+    return sum(task.is_correct(p, o[0].text) for p, o in zip(problems, out)) / len(problems)
+
+
+def vote_credit(records: list[dict]) -> float:
+    """The vote's credit as documented: the most common answer wins (no answer never does), ties share the
+    credit equally, and a winning answer earns the mean grade of its samples."""
+    counts = Counter(r["answer"] for r in records if r["answer"] is not None)
+    if not counts:
+        return 0.0
+    winners = [a for a, c in counts.items() if c == max(counts.values())]
+    means = [sum(r["reward"] for r in records if r["answer"] == a) / counts[a] for a in winners]
+    return sum(means) / len(winners)
+
+
+def top_reward(records: list[dict], scores: list[float]) -> float:
+    """The grade of the highest-scored sample (ties: the earliest)."""
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    return records[best]["reward"]
 
 
 @pytest.fixture(scope="session")
