@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -92,11 +93,20 @@ def trained_tiny_dir(tmp_path_factory) -> Path:
     return train_nano(path, cfg)
 
 
+def require_shared(path: Path) -> Path:
+    """`path` if it exists; else skip the test on a developer's machine, but fail it under CI (`CI=true`), where a
+    layout change must not silently hide the real-data tests."""
+    if not path.exists():
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(f"CI=true but the shared data is missing: expected {path} beside the repository", pytrace=False)
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED.exists():
-        pytest.skip(f"shared data not found at {SHARED}")
-    return SHARED
+    """The real data sets beside the repository (`../shared/data`); see `require_shared`."""
+    return require_shared(SHARED)
 
 
 @pytest.fixture(scope="session")
