@@ -47,6 +47,13 @@ def test_rft_runs_and_resumes(tmp_path, solver_tiny_dir, dedup):
     assert state["distinct_correct_paths"] == sum(distinct.values())
     kept = distinct if dedup else {pid: len(v) for pid, v in right.items()}
     assert state["training_paths"] == sum(min(n, cfg.max_paths) for n in kept.values())
+    # every kept path reached the right answer; those whose steps the world's exact check rejects are counted
+    assert 0 <= state["training_paths_with_wrong_step"] <= state["training_paths"]
+    if not dedup:  # without dedup the kept paths are the first max_paths right samples: count them here
+        flawed = sum(
+            task.first_error(by_id[pid], list(s)) is not None for pid, v in right.items() for s in v[: cfg.max_paths]
+        )
+        assert state["training_paths_with_wrong_step"] == flawed
     assert state["base_accuracy"] == greedy_accuracy_of(solver_tiny_dir, task, test, cfg.max_new_tokens)
     ckpt = tmp_path / "run" / "checkpoints" / "final"
     assert state["accuracy"] == greedy_accuracy_of(ckpt, task, test, cfg.max_new_tokens)
