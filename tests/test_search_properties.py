@@ -1,0 +1,344 @@
+"""Search on random trees (hypothesis): what every strategy must find, and exact accounting of what it spent.
+
+The trees are small (depth <= 3, up to 3 children), leaves end a solution, and every node has its own value, so
+a brute-force pass over all leaves is the peer implementation for "the best solution".
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reasonloop.search import beam_search, best_of_n, dvts, majority_vote, mcts, tot_bfs, tot_dfs, weighted_vote
+from reasonloop.search.beam import _roll_forward, expand_unique
+from reasonloop.search.vote import weighted_vote_pick
+
+SETTINGS = settings(max_examples=80, deadline=None)
+
+
+class Tree:
+    """A random tree of steps with distinct values and a token cost per step; counts every model call."""
+
+    def __init__(self, seed: int, depth: int = 3, max_children: int = 3):
+        rng = random.Random(seed)
+        self.children: dict[tuple, list[str]] = {}
+        self.value: dict[tuple, float] = {}
+        self.cost: dict[tuple, int] = {}
+        values = rng.sample(range(1, 1000), 60)  # distinct: no ties to break
+        stack = [()]
+        while stack:
+            node = stack.pop()
+            if len(node) < depth and (not node or rng.random() < 0.8):
+                kids = [f"s{len(node)}{i}" for i in range(rng.randint(1, max_children))]
+                self.children[node] = kids
+                for k in kids:
+                    child = node + (k,)
+                    self.value[child] = values.pop() / 1000
+                    self.cost[child] = rng.randint(1, 5)
+                    stack.append(child)
+        self.tokens = self.scored = 0
+
+    def final(self, path: tuple) -> bool:
+        return path not in self.children
+
+    def expand(self, prefixes, k):
+        out = []
+        for p in prefixes:
+            kids = self.children.get(tuple(p), [])[:k]
+            opts = [(c, self.final(tuple(p) + (c,)), self.cost[tuple(p) + (c,)]) for c in kids]
+            self.tokens += sum(c for _, _, c in opts)
+            out.append(opts)
+        return out
+
+    def score(self, prefixes):
+        self.scored += len(prefixes)
+        return [self.value[tuple(p)] for p in prefixes]
+
+    def leaves(self) -> list[tuple]:
+        return [p for p in self.value if self.final(p)]
+
+    def best_leaf(self) -> tuple:
+        return max(self.leaves(), key=lambda p: self.value[p])
+
+
+@SETTINGS
+@given(st.integers(0, 10**6))
+def test_a_beam_wider_than_the_tree_finds_the_best_solution_and_counts_exactly(seed):
+    t = Tree(seed)
+    res = beam_search(t.expand, t.score, beam_width=50, expansions=3, max_depth=5)
+    assert tuple(res.steps) == t.best_leaf() and res.score == t.value[t.best_leaf()] and res.finished
+    assert sorted(tuple(p) for p, _ in res.kept) == sorted(t.leaves())  # every solution is finished and kept
+    assert all(v == t.value[tuple(p)] for p, v in res.kept)
+    assert res.generator_tokens == t.tokens == sum(t.cost.values())  # every step generated once
+    assert res.verifier_calls == t.scored == len(t.value)  # and scored once
+
+
+@SETTINGS
+@given(st.integers(0, 10**6), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3))
+def test_beam_search_answers_its_best_finished_solution_and_counts_what_it_spent(seed, width, expansions, depth):
+    t = Tree(seed)
+    res = beam_search(t.expand, t.score, beam_width=width, expansions=expansions, max_depth=depth)
+    assert res.generator_tokens == t.tokens and res.verifier_calls == t.scored
+    assert all(t.final(tuple(p)) and v == t.value[tuple(p)] for p, v in res.kept)
+    if res.kept:
+        assert res.finished and res.score == max(v for _, v in res.kept)
+        assert (res.steps, res.score) in [(p, v) for p, v in res.kept]
+    else:  # nothing finished: the best-valued unfinished beam, which is a real node below max_depth
+        assert not res.finished and not t.final(tuple(res.steps)) and len(res.steps) <= depth
+        assert res.score == t.value[tuple(res.steps)]
+
+
+def test_greedy_beam_follows_the_best_child_and_stops_at_a_finished_one():
+    t = Tree(7)
+    res = beam_search(t.expand, t.score, beam_width=1, expansions=3)
+    node: tuple = ()
+    while not t.final(node):  # the verifier's favourite child, all the way down
+        node = max((node + (c,) for c in t.children[node]), key=lambda p: t.value[p])
+    assert tuple(res.steps) == node
+
+
+def test_beam_stops_once_width_solutions_are_finished():
+    # root -> f1 (final, 0.2), f2 (final, 0.1), g (0.9) -> g1 (final, 1.0): with width 2, both finals finish at
+    # depth 1 and the search stops there, never generating g1
+    tree = {(): [("f1", True), ("f2", True), ("g", False)], ("g",): [("g1", True)]}
+    values = {("f1",): 0.2, ("f2",): 0.1, ("g",): 0.9, ("g", "g1"): 1.0}
+    calls = []
+
+    def expand(ps, k):
+        calls.append([tuple(p) for p in ps])
+        return [[(s, f, 1) for s, f in tree[tuple(p)]] for p in ps]
+
+    res = beam_search(expand, lambda ps: [values[tuple(p)] for p in ps], beam_width=2, expansions=3)
+    assert calls == [[()]] and res.steps == ["f1"] and res.score == 0.2 and res.generator_tokens == 3
+    # width 3: g survives beside the two finals; g1 finishes at depth 2 and wins
+    calls.clear()
+    res = beam_search(expand, lambda ps: [values[tuple(p)] for p in ps], beam_width=3, expansions=3)
+    assert calls == [[()], [("g",)]] and res.steps == ["g", "g1"] and res.score == 1.0
+    with pytest.raises(ValueError, match="beam_width and expansions must be at least 1, lookahead at least 0"):
+        beam_search(expand, lambda ps: [], expansions=0)
+    with pytest.raises(ValueError):
+        beam_search(expand, lambda ps: [], lookahead=-1)
+    assert beam_search(expand, lambda ps: [0.0] * len(ps), beam_width=1, lookahead=0).steps == ["f1"]
+
+
+def test_beam_on_a_tree_with_no_steps_returns_an_empty_unfinished_answer():
+    res = beam_search(lambda ps, k: [[] for _ in ps], lambda ps: [0.5] * len(ps))
+    assert (res.steps, res.score, res.finished, res.generator_tokens, res.verifier_calls) == (
+        [],
+        -math.inf,
+        False,
+        0,
+        0,
+    )
+
+
+def test_expand_unique_and_roll_forward_by_hand():
+    expand = lambda ps, k: [[("x", False, 2), ("x", False, 3), ("y", True, 1)][:k] for _ in ps]  # noqa: E731
+    assert expand_unique(expand, [["a"], ["b"]], 3) == (
+        [(["a", "x"], False), (["a", "y"], True), (["b", "x"], False), (["b", "y"], True)],
+        12,
+    )
+    assert expand_unique(expand, [["a"]], 1) == ([(["a", "x"], False)], 2)
+    # roll forward: one sample per step, stopping at a final step or when nothing is offered
+    tree = {("p",): ("q", False), ("p", "q"): ("r", True), ("u",): None}
+    roll = lambda ps, k: [[(tree[tuple(p)][0], tree[tuple(p)][1], 4)] if tree.get(tuple(p)) else [] for p in ps]  # noqa: E731
+    assert _roll_forward(roll, [(["p"], False), (["u"], False)], 5) == ([["p", "q", "r"], ["u"]], 8)
+    assert _roll_forward(roll, [(["p"], False)], 1) == ([["p", "q"]], 4)
+    assert _roll_forward(roll, [(["p"], False)], 0) == ([["p"]], 0)
+
+
+# --- votes -------------------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from(["1", "2", "3", None]), min_size=1), st.randoms(use_true_random=False))
+def test_a_clear_majority_does_not_depend_on_sample_order(answers, rnd):
+    counts = {a: answers.count(a) for a in set(answers) if a is not None}
+    shuffled = list(answers)
+    rnd.shuffle(shuffled)
+    if not counts:
+        assert majority_vote(answers) is None and majority_vote(shuffled) is None
+        return
+    top = max(counts.values())
+    winners = [a for a in counts if counts[a] == top]
+    assert majority_vote(answers) == next(a for a in answers if a in winners)  # ties: the first seen
+    if len(winners) == 1:
+        assert majority_vote(shuffled) == winners[0]
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(["1", "2", None]), st.integers(-5, 5)), min_size=1))
+def test_weighted_vote_sums_scores_per_answer(pairs):
+    answers, scores = [a for a, _ in pairs], [float(s) for _, s in pairs]
+    totals: dict[str, float] = {}
+    for a, s in pairs:
+        if a is not None:
+            totals[a] = totals.get(a, 0.0) + s
+    if not totals:
+        assert weighted_vote(answers, scores) is None and weighted_vote_pick(answers, scores) == 0
+        return
+    best = max(totals.values())
+    expected = next(a for a in answers if a is not None and totals[a] == best)
+    assert weighted_vote(answers, scores) == expected
+    pick = weighted_vote_pick(answers, scores)
+    top = max(s for a, s in zip(answers, scores) if a == expected)
+    assert answers[pick] == expected and scores[pick] == top
+    assert pick == min(i for i, (a, s) in enumerate(zip(answers, scores)) if a == expected and s == top)
+
+
+def test_votes_by_hand():
+    assert majority_vote(["4", "3", "3", "4"]) == "4" and majority_vote([None, "7"]) == "7"
+    assert weighted_vote(["3", "4", None], [0.2, 0.3, 5.0]) == "4"  # an unanswered sample's score counts for nobody
+    assert weighted_vote(["3", "4", "4"], [1.0, 0.6, 0.6]) == "4"  # 1.2 > 1.0: many fair votes beat one strong
+    assert weighted_vote([None], [1.0]) is None
+    with pytest.raises(ValueError):
+        weighted_vote(["3"], [1.0, 2.0])
+    assert best_of_n([-3.0, -1.0, -2.0]) == 1 and best_of_n([0.5]) == 0
+    with pytest.raises(ValueError, match="best_of_n needs at least one sample"):
+        best_of_n([])
+    assert weighted_vote_pick(["3", "4", "4"], [0.1, 0.5, 0.9]) == 2 and weighted_vote_pick([None, None], [1, 2]) == 0
+
+
+# --- ToT, DVTS, MCTS ---------------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(st.integers(0, 10**6))
+def test_tot_bfs_wider_than_the_tree_finds_the_best_solution(seed):
+    t = Tree(seed)
+    res = tot_bfs(t.expand, t.score, breadth=50, expansions=3)
+    assert tuple(res.steps) == t.best_leaf() and res.finished and res.score == t.value[t.best_leaf()]
+    assert res.generator_tokens == t.tokens == sum(t.cost.values()) and res.verifier_calls == len(t.value)
+    assert sorted(tuple(p) for p, _ in res.kept) == sorted(t.value)  # every state is kept once
+
+
+@SETTINGS
+@given(st.integers(0, 10**6), st.floats(0.0, 1.0))
+def test_tot_bfs_threshold_prunes_low_states_only(seed, threshold):
+    t = Tree(seed)
+    res = tot_bfs(t.expand, t.score, breadth=50, expansions=3, threshold=threshold)
+    for p, v in res.kept:
+        assert v == t.value[tuple(p)] and (t.final(tuple(p)) or v >= threshold)
+        assert all(t.value[tuple(p[:i])] >= threshold for i in range(1, len(p)))  # its ancestors survived
+    assert res.generator_tokens == t.tokens and res.verifier_calls == t.scored
+
+
+@SETTINGS
+@given(st.integers(0, 10**6))
+def test_tot_dfs_without_pruning_returns_the_first_greedy_finish(seed):
+    t = Tree(seed)
+    res = tot_dfs(t.expand, t.score, expansions=3, threshold=0.0, max_nodes=1000)
+    node: tuple = ()
+    while not t.final(node):  # threshold 0 prunes nothing: DFS walks the best child down to the first leaf
+        node = max((node + (c,) for c in t.children[node]), key=lambda p: t.value[p])
+    assert [tuple(p) for p, _ in res.kept] == [node[:i] for i in range(1, len(node) + 1)]
+    # the answer is the best finished solution it scored on the way (a sibling may beat the leaf it reached)
+    scored = [node[:i] + (c,) for i in range(len(node)) for c in t.children[node[:i]]]
+    best = max((p for p in scored if t.final(p)), key=lambda p: t.value[p])
+    assert tuple(res.steps) == best and res.finished and res.score == t.value[best]
+    assert res.generator_tokens == t.tokens and res.verifier_calls == t.scored == sum(
+        len(t.children[node[:i]]) for i in range(len(node))
+    )
+
+
+def test_tot_dfs_prunes_everything_above_every_value_and_answers_the_best_partial():
+    tree = {(): [("a", False), ("b", False)]}
+    values = {("a",): 0.3, ("b",): 0.4}
+    ex = lambda ps, k: [[(s, f, 2) for s, f in tree[tuple(p)]][:k] for p in ps]  # noqa: E731
+    res = tot_dfs(ex, lambda ps: [values[tuple(p)] for p in ps], threshold=0.9)
+    assert (res.steps, res.score, res.finished, res.kept, res.generator_tokens, res.verifier_calls) == (
+        ["b"], 0.4, False, [], 4, 2,
+    )  # fmt: skip
+    assert tot_dfs(ex, lambda ps: [values[tuple(p)] for p in ps], threshold=0.9, max_depth=0).steps == []
+    with pytest.raises(ValueError, match="expansions and max_nodes must be at least 1"):
+        tot_dfs(ex, lambda ps: [], max_nodes=0)
+    with pytest.raises(ValueError, match="breadth and expansions must be at least 1"):
+        tot_bfs(ex, lambda ps: [], breadth=0)
+
+
+@SETTINGS
+@given(st.integers(0, 10**6), st.sampled_from([(4, 2), (6, 3), (4, 1), (2, 2)]))
+def test_dvts_with_a_deterministic_sampler_is_greedy_in_every_subtree(seed, budget_width):
+    budget, width = budget_width
+    t = Tree(seed)
+    res = dvts(t.expand, t.score, budget=budget, beam_width=width, max_depth=5)
+    node: tuple = ()
+    while not t.final(node):  # each subtree keeps the best of the first `width` children, as greedy would
+        node = max((node + (c,) for c in t.children[node][:width]), key=lambda p: t.value[p])
+    assert len(res.subtrees) == budget // width
+    assert all(tuple(s.steps) == node and s.finished and s.score == t.value[node] for s in res.subtrees)
+    assert tuple(res.steps) == node and res.finished and res.score == t.value[node]
+    assert res.generator_tokens == t.tokens == sum(s.generator_tokens for s in res.subtrees)
+    assert res.verifier_calls == t.scored == sum(s.verifier_calls for s in res.subtrees)
+
+
+def test_dvts_without_a_finished_subtree_answers_the_best_partial_one():
+    pool = {(): ["a", "b"], ("a",): ["a1"], ("b",): ["b1"]}
+    values = {("a",): 0.2, ("b",): 0.6, ("a", "a1"): 0.1, ("b", "b1"): 0.3}
+    drawn = {}
+
+    def expand(ps, k):
+        out = []
+        for p in ps:
+            i = drawn.get(tuple(p), 0)
+            drawn[tuple(p)] = i + k
+            kids = pool[tuple(p)]
+            out.append([(kids[j % len(kids)], False, 1) for j in range(i, i + k)])
+        return out
+
+    res = dvts(expand, lambda ps: [values[tuple(p)] for p in ps], budget=2, beam_width=1, max_depth=2)
+    assert [s.steps for s in res.subtrees] == [["a", "a1"], ["b", "b1"]]
+    assert (res.steps, res.score, res.finished) == (["b", "b1"], 0.3, False)  # the best score among unfinished
+    assert [s.kept for s in res.subtrees] == [[], []] and res.generator_tokens == 4 and res.verifier_calls == 4
+    with pytest.raises(ValueError, match="budget must be a positive multiple of beam_width"):
+        dvts(expand, lambda ps: [], budget=3, beam_width=2)
+    with pytest.raises(ValueError):
+        dvts(expand, lambda ps: [], budget=2, beam_width=0)
+    with pytest.raises(ValueError):
+        dvts(expand, lambda ps: [], budget=1, beam_width=2)
+
+
+@SETTINGS
+@given(st.integers(0, 10**6), st.integers(1, 40), st.sampled_from([0.5, 1.0, 2.0]))
+def test_mcts_backs_up_every_simulation_exactly(seed, simulations, c_puct):
+    t = Tree(seed)
+    res = mcts(t.expand, t.score, simulations=simulations, expansions=3, c_puct=c_puct, seed=seed)
+    nodes = {path: (visits, mean) for path, visits, mean in res.tree}
+    assert nodes[()][0] == simulations  # the root is on every simulation's path
+    for path, (visits, mean) in nodes.items():
+        kids = [path + (c,) for c in t.children.get(path, [])]
+        below = sum(nodes[k][0] for k in kids if k in nodes)
+        sums = sum(nodes[k][0] * nodes[k][1] for k in kids if k in nodes)
+        if path == ():
+            assert visits == below and mean * visits == pytest.approx(sums)  # never scored itself
+        elif t.final(path) or not below:  # a leaf keeps its one evaluation
+            assert mean == pytest.approx(t.value[path])
+        else:  # evaluated once as a new leaf, then every later visit went to a child
+            assert visits == 1 + below and mean * visits == pytest.approx(t.value[path] + sums)
+    assert res.verifier_calls == t.scored == len(nodes) - 1  # every visited node but the root, once
+    assert res.generator_tokens == t.tokens
+    finished = [(p, m) for p, _, m in res.tree if t.final(p)]
+    if finished:  # the best mean among visited solutions, ties to the first created
+        best = max(m for _, m in finished)
+        assert res.finished and tuple(res.steps) == next(p for p, m in finished if m == best) and res.score == best
+    else:
+        assert not res.finished
+
+
+def test_mcts_mixes_verifier_and_rollout_values_by_weight():
+    tree = {(): [("x", True)]}
+    ex = lambda ps, k: [[(s, f, 1) for s, f in tree[tuple(p)]] for p in ps]  # noqa: E731
+    res = mcts(ex, lambda ps: [0.8] * len(ps), simulations=3, rollout=lambda ps: [0.2] * len(ps), value_weight=0.25)
+    assert res.score == pytest.approx(0.25 * 0.8 + 0.75 * 0.2) and (res.verifier_calls, res.rollout_calls) == (1, 1)
+    only = mcts(ex, lambda ps: [0.8], simulations=2, rollout=lambda ps: [0.2], value_weight=0.0)
+    assert only.score == pytest.approx(0.2) and (only.verifier_calls, only.rollout_calls) == (0, 1)
+    with pytest.raises(ValueError, match="pass a rollout exactly when value_weight < 1"):
+        mcts(ex, lambda ps: [0.8], value_weight=0.5)
+    with pytest.raises(ValueError, match="simulations and expansions must be at least 1, value_weight in"):
+        mcts(ex, lambda ps: [0.8], simulations=0)
+    empty = mcts(lambda ps, k: [[]], lambda ps: [1.0], simulations=3)
+    assert (empty.steps, empty.score, empty.finished, empty.tree) == ([], 0.0, False, [])
