@@ -94,7 +94,17 @@ def prepare(module: str, tests: list[str], work: Path) -> None:
         "pytest_add_cli_args_test_selection": selection,
         # the trampolined copy holds every mutant as a function with the docstring: run the originals' doctests only;
         # and leave out the few slow tests (TRL's trainer: 15 s a mutant) that have fast hand-worked counterparts
-        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-k", "not mutmut and " + SKIP],
+        # and skip pytest's unraisable-exception check: its gc.collect() at every session end takes seconds once
+        # torch is loaded, 15x the cost of a typical mutant's tests
+        "pytest_add_cli_args": [
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:unraisableexception",
+            "-q",
+            "-k",
+            "not mutmut and " + SKIP,
+        ],
         "process_isolation": "forkserver",  # torch is imported by the tests: fork from a clean server
         "use_git_change_detection": False,
     }
