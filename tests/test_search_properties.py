@@ -198,7 +198,7 @@ def test_votes_by_hand():
     with pytest.raises(ValueError):
         weighted_vote(["3"], [1.0, 2.0])
     assert best_of_n([-3.0, -1.0, -2.0]) == 1 and best_of_n([0.5]) == 0
-    with pytest.raises(ValueError, match="best_of_n needs at least one sample"):
+    with pytest.raises(ValueError, match="^best_of_n needs at least one sample$"):
         best_of_n([])
     assert weighted_vote_pick(["3", "4", "4"], [0.1, 0.5, 0.9]) == 2 and weighted_vote_pick([None, None], [1, 2]) == 0
 
