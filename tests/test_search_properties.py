@@ -118,7 +118,7 @@ def test_beam_stops_once_width_solutions_are_finished():
     calls.clear()
     res = beam_search(expand, lambda ps: [values[tuple(p)] for p in ps], beam_width=3, expansions=3)
     assert calls == [[()], [("g",)]] and res.steps == ["g", "g1"] and res.score == 1.0
-    with pytest.raises(ValueError, match="beam_width and expansions must be at least 1, lookahead at least 0"):
+    with pytest.raises(ValueError, match="^beam_width and expansions must be at least 1, lookahead at least 0$"):
         beam_search(expand, lambda ps: [], expansions=0)
     with pytest.raises(ValueError):
         beam_search(expand, lambda ps: [], lookahead=-1)
@@ -254,9 +254,9 @@ def test_tot_dfs_prunes_everything_above_every_value_and_answers_the_best_partia
         ["b"], 0.4, False, [], 4, 2,
     )  # fmt: skip
     assert tot_dfs(ex, lambda ps: [values[tuple(p)] for p in ps], threshold=0.9, max_depth=0).steps == []
-    with pytest.raises(ValueError, match="expansions and max_nodes must be at least 1"):
+    with pytest.raises(ValueError, match="^expansions and max_nodes must be at least 1$"):
         tot_dfs(ex, lambda ps: [], max_nodes=0)
-    with pytest.raises(ValueError, match="breadth and expansions must be at least 1"):
+    with pytest.raises(ValueError, match="^breadth and expansions must be at least 1$"):
         tot_bfs(ex, lambda ps: [], breadth=0)
 
 
@@ -294,7 +294,7 @@ def test_dvts_without_a_finished_subtree_answers_the_best_partial_one():
     assert [s.steps for s in res.subtrees] == [["a", "a1"], ["b", "b1"]]
     assert (res.steps, res.score, res.finished) == (["b", "b1"], 0.3, False)  # the best score among unfinished
     assert [s.kept for s in res.subtrees] == [[], []] and res.generator_tokens == 4 and res.verifier_calls == 4
-    with pytest.raises(ValueError, match="budget must be a positive multiple of beam_width"):
+    with pytest.raises(ValueError, match="^budget must be a positive multiple of beam_width$"):
         dvts(expand, lambda ps: [], budget=3, beam_width=2)
     with pytest.raises(ValueError):
         dvts(expand, lambda ps: [], budget=2, beam_width=0)
@@ -336,9 +336,9 @@ def test_mcts_mixes_verifier_and_rollout_values_by_weight():
     assert res.score == pytest.approx(0.25 * 0.8 + 0.75 * 0.2) and (res.verifier_calls, res.rollout_calls) == (1, 1)
     only = mcts(ex, lambda ps: [0.8], simulations=2, rollout=lambda ps: [0.2], value_weight=0.0)
     assert only.score == pytest.approx(0.2) and (only.verifier_calls, only.rollout_calls) == (0, 1)
-    with pytest.raises(ValueError, match="pass a rollout exactly when value_weight < 1"):
+    with pytest.raises(ValueError, match="^pass a rollout exactly when value_weight < 1$"):
         mcts(ex, lambda ps: [0.8], value_weight=0.5)
-    with pytest.raises(ValueError, match="simulations and expansions must be at least 1, value_weight in"):
+    with pytest.raises(ValueError, match=r"^simulations and expansions must be at least 1, value_weight in \[0, 1\]$"):
         mcts(ex, lambda ps: [0.8], simulations=0)
     empty = mcts(lambda ps, k: [[]], lambda ps: [1.0], simulations=3)
     assert (empty.steps, empty.score, empty.finished, empty.tree) == ([], 0.0, False, [])
