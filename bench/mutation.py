@@ -36,7 +36,15 @@ MODULES: dict[str, tuple[list[str], list[str] | None]] = {
     "eval/metrics.py": (["tests/test_metrics.py"], None),
     "eval/verifier_metrics.py": (["tests/test_verifier_metrics.py"], None),
     "search/vote.py": (["tests/test_search_beam.py", "tests/test_search_properties.py"], None),
-    "search/beam.py": (["tests/test_search_beam.py", "tests/test_search_properties.py"], None),
+    "search/beam.py": (
+        [
+            "tests/test_search_beam.py",
+            "tests/test_search_properties.py",
+            "tests/test_search_tree.py",
+            "tests/test_search_solve.py",
+        ],
+        None,
+    ),  # fmt: skip
     "search/dvts.py": (["tests/test_search_tree.py", "tests/test_search_properties.py"], None),
     "search/mcts.py": (["tests/test_search_tree.py", "tests/test_search_properties.py"], None),
     "search/tot.py": (["tests/test_search_tree.py", "tests/test_search_properties.py"], None),

@@ -125,6 +125,51 @@ def test_beam_stops_once_width_solutions_are_finished():
     assert beam_search(expand, lambda ps: [0.0] * len(ps), beam_width=1, lookahead=0).steps == ["f1"]
 
 
+def test_beam_defaults_width_4_expansions_4_depth_16():
+    # root -> c1..c6 (values 0.9 down to 0.4), each ci -> a final li; l5 (1.0) is the best solution, l4 (0.4) the
+    # best among the first four. Four expansions see c1..c4 only; a beam of four keeps c1..c4 only.
+    values = {("c1",): 0.9, ("c2",): 0.8, ("c3",): 0.7, ("c4",): 0.6, ("c5",): 0.5, ("c6",): 0.4}
+    values.update({(f"c{i}", f"l{i}"): v for i, v in zip(range(1, 7), [0.1, 0.2, 0.3, 0.4, 1.0, 0.05])})
+
+    def expand(ps, k):
+        return [[(f"c{i}", False, 1) for i in range(1, 7)][:k] if not p else [(f"l{p[0][1:]}", True, 1)] for p in ps]
+
+    score = lambda ps: [values[tuple(p)] for p in ps]  # noqa: E731
+    assert beam_search(expand, score, beam_width=10).steps == ["c4", "l4"]  # 4 expansions by default
+    assert beam_search(expand, score, beam_width=10, expansions=5).steps == ["c5", "l5"]
+    assert beam_search(expand, score, expansions=10).steps == ["c4", "l4"]  # a beam of 4 by default
+    assert beam_search(expand, score, expansions=10, beam_width=5).steps == ["c5", "l5"]
+    chain = lambda ps, k: [[("s", len(p) == 16, 1)] for p in ps]  # noqa: E731  (a 17-step solution)
+    deeper = lambda ps: [len(p) / 100 for p in ps]  # noqa: E731  (a deeper prefix is worth more)
+    res = beam_search(chain, deeper)
+    assert not res.finished and len(res.steps) == 16  # 16 steps by default
+    assert beam_search(chain, deeper, max_depth=17).finished
+
+
+def test_beam_ties_keep_generation_order_and_every_finished_candidate_is_kept():
+    tied = lambda ps, k: [[("a", False, 1), ("b", False, 1)] for _ in ps]  # noqa: E731
+    res = beam_search(tied, lambda ps: [0.5] * len(ps), beam_width=2, max_depth=1)
+    assert (res.steps, res.finished) == (["a"], False)  # equal values: the first generated
+    # width 1: "a" (final, 0.9) fills the finished list, "c" the beam; "b" (final, 0.5) is kept too, and the
+    # search stops at depth 1 with "a"
+    tree = lambda ps, k: [[("a", True, 1), ("b", True, 1), ("c", False, 1)] for _ in ps]  # noqa: E731
+    vals = {"a": 0.9, "b": 0.5, "c": 0.7}
+    res = beam_search(tree, lambda ps: [vals[p[-1]] for p in ps], beam_width=1)
+    assert res.steps == ["a"] and res.kept == [(["a"], 0.9), (["b"], 0.5)] and res.generator_tokens == 3
+
+
+def test_lookahead_pays_for_one_rollout_sample_per_step():
+    # every expansion offers k copies of the next step (2 tokens each); a candidate ranked 2 steps ahead pays for
+    # exactly one sample per rolled step
+    def expand(ps, k):
+        return [[(f"s{len(p)}", len(p) == 3, 2)] * k for p in ps]
+
+    res = beam_search(expand, lambda ps: [float(len(p)) for p in ps], beam_width=1, expansions=2, lookahead=2)
+    # depth 1: 2 samples (4 tokens, one distinct candidate), rolled 2 steps (4); depth 2: 4 + 4 (s2, then s3 final);
+    # depth 3: 4 + 2 (s3 rolls one step to the final s3); depth 4: 4 tokens, final
+    assert res.steps == ["s0", "s1", "s2", "s3"] and res.generator_tokens == 8 + 8 + 6 + 4
+
+
 def test_beam_on_a_tree_with_no_steps_returns_an_empty_unfinished_answer():
     res = beam_search(lambda ps, k: [[] for _ in ps], lambda ps: [0.5] * len(ps))
     assert (res.steps, res.score, res.finished, res.generator_tokens, res.verifier_calls) == (
@@ -145,7 +190,7 @@ def test_expand_unique_and_roll_forward_by_hand():
     assert expand_unique(expand, [["a"]], 1) == ([(["a", "x"], False)], 2)
     # roll forward: one sample per step, stopping at a final step or when nothing is offered
     tree = {("p",): ("q", False), ("p", "q"): ("r", True), ("u",): None}
-    roll = lambda ps, k: [[(tree[tuple(p)][0], tree[tuple(p)][1], 4)] if tree.get(tuple(p)) else [] for p in ps]  # noqa: E731
+    roll = lambda ps, k: [[(tree[tuple(p)][0], tree[tuple(p)][1], 4)] * k if tree.get(tuple(p)) else [] for p in ps]  # noqa: E731
     assert _roll_forward(roll, [(["p"], False), (["u"], False)], 5) == ([["p", "q", "r"], ["u"]], 8)
     assert _roll_forward(roll, [(["p"], False)], 1) == ([["p", "q"]], 4)
     assert _roll_forward(roll, [(["p"], False)], 0) == ([["p"]], 0)
