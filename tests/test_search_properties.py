@@ -387,3 +387,29 @@ def test_mcts_mixes_verifier_and_rollout_values_by_weight():
         mcts(ex, lambda ps: [0.8], simulations=0)
     empty = mcts(lambda ps, k: [[]], lambda ps: [1.0], simulations=3)
     assert (empty.steps, empty.score, empty.finished, empty.tree) == ([], 0.0, False, [])
+
+
+def test_dvts_defaults_ties_duplicates_and_stuck_subtrees():
+    calls = []
+
+    def chain(ps, k):  # a 17-step solution, the same step k times
+        calls.append((len(ps), k))
+        return [[("s", len(p) == 16, 1)] * k for p in ps]
+
+    deeper = lambda ps: [len(p) / 100 for p in ps]  # noqa: E731
+    res = dvts(chain, deeper)
+    assert calls[0] == (4, 4) and len(res.subtrees) == 4  # 16 candidates per depth: 4 subtrees of 4 by default
+    assert not res.finished and len(res.steps) == 16 and len(calls) == 16  # 16 steps by default
+    assert res.verifier_calls == 4 * 16  # identical samples are one candidate
+    assert dvts(chain, deeper, max_depth=17).finished
+    # a subtree's finished answer is its kept solution; ties go to the first sampled candidate
+    two = lambda ps, k: [[("x", True, 1), ("y", True, 1)] for _ in ps]  # noqa: E731
+    res = dvts(two, lambda ps: [0.5] * len(ps), budget=2, beam_width=2)
+    assert res.steps == ["x"] and res.subtrees[0].kept == [(["x"], 0.5)]
+
+    def nothing(ps):
+        raise AssertionError("no candidate: the verifier is not called")
+
+    stuck = dvts(lambda ps, k: [[] for _ in ps], nothing, budget=4, beam_width=2)
+    assert (stuck.steps, stuck.finished, stuck.verifier_calls) == ([], False, 0)
+    assert [(s.steps, s.finished, s.kept) for s in stuck.subtrees] == [([], False, [])] * 2
