@@ -413,3 +413,30 @@ def test_dvts_defaults_ties_duplicates_and_stuck_subtrees():
     stuck = dvts(lambda ps, k: [[] for _ in ps], nothing, budget=4, beam_width=2)
     assert (stuck.steps, stuck.finished, stuck.verifier_calls) == ([], False, 0)
     assert [(s.steps, s.finished, s.kept) for s in stuck.subtrees] == [([], False, [])] * 2
+
+
+def test_mcts_defaults_arguments_and_what_an_empty_or_unfinished_search_reports():
+    ks = []
+
+    def chain(ps, k):  # a 17-step solution
+        ks.append(k)
+        return [[("s", len(p) == 16, 1)] for p in ps]
+
+    res = mcts(chain, lambda ps: [0.5] * len(ps))
+    assert ks[0] == 4 and dict((p, v) for p, v, _ in res.tree)[()] == 32  # 4 expansions, 32 simulations
+    assert not res.finished and len(res.steps) == 16  # a chain of 16 steps at most: never finished
+    assert mcts(chain, lambda ps: [0.5] * len(ps), max_depth=17).finished
+    # ties are broken at random with seed 0 by default (seeds 0 and 1 pick different children here)
+    four = lambda ps, k: [[(c, True, 1) for c in "abcd"][:k] for _ in ps]  # noqa: E731
+    flat = lambda ps: [0.5] * len(ps)  # noqa: E731
+    picks = [mcts(four, flat, simulations=1, seed=s).steps for s in (0, 1)]
+    assert mcts(four, flat, simulations=1).steps == picks[0] != picks[1]
+    assert mcts(four, flat, simulations=1, expansions=1).steps == ["a"]  # one expansion is allowed
+    for bad in ({"expansions": 0}, {"simulations": 0}, {"value_weight": 1.5}, {"value_weight": -0.1}):
+        with pytest.raises(ValueError, match="simulations and expansions must be at least 1"):
+            mcts(four, flat, **bad)
+    empty = mcts(lambda ps, k: [[] for _ in ps], flat)
+    assert (empty.generator_tokens, empty.verifier_calls, empty.rollout_calls) == (0, 0, 0)
+    # unfinished with rollouts: the most-visited path, and the rollouts it paid for
+    res = mcts(chain, flat, simulations=3, rollout=lambda ps: [0.0] * len(ps), value_weight=0.5)
+    assert not res.finished and res.rollout_calls == 3 and res.verifier_calls == 3 and res.steps == ["s", "s", "s"]
