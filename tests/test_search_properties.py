@@ -440,3 +440,65 @@ def test_mcts_defaults_arguments_and_what_an_empty_or_unfinished_search_reports(
     # unfinished with rollouts: the most-visited path, and the rollouts it paid for
     res = mcts(chain, flat, simulations=3, rollout=lambda ps: [0.0] * len(ps), value_weight=0.5)
     assert not res.finished and res.rollout_calls == 3 and res.verifier_calls == 3 and res.steps == ["s", "s", "s"]
+
+
+def _star(n_children: int, best: int):
+    """Root -> c1..cn (values 0.9, 0.85, ...), each ci -> a final li worth 0.1 * i / n, except l<best> worth 1."""
+    values = {(f"c{i}",): 0.9 - 0.05 * (i - 1) for i in range(1, n_children + 1)}
+    values.update({(f"c{i}", f"l{i}"): 1.0 if i == best else 0.1 * i / n_children for i in range(1, n_children + 1)})
+    ks = []
+
+    def expand(ps, k):
+        ks.append(k)
+        return [[(f"c{i}", False, 1) for i in range(1, n_children + 1)][:k] if not p else [(f"l{p[0][1:]}", True, 1)]
+                for p in ps]  # fmt: skip
+
+    return expand, (lambda ps: [values[tuple(p)] for p in ps]), ks
+
+
+def test_tot_bfs_defaults_edges_and_ties():
+    expand, score, ks = _star(7, best=6)
+    assert tot_bfs(expand, score, breadth=10).steps == ["c5", "l5"] and ks[0] == 5  # 5 expansions by default
+    assert tot_bfs(expand, score, breadth=10, expansions=6).steps == ["c6", "l6"]
+    assert tot_bfs(expand, score, expansions=10).steps == ["c5", "l5"]  # 5 states kept by default
+    assert tot_bfs(expand, score, expansions=10, breadth=6).steps == ["c6", "l6"]
+    one = tot_bfs(expand, score, breadth=1, expansions=1)  # the smallest search is allowed
+    assert one.steps == ["c1", "l1"] and [p for p, _ in one.kept] == [["c1"], ["c1", "l1"]]
+    chain = lambda ps, k: [[("s", len(p) == 16, 1)] for p in ps]  # noqa: E731
+    deeper = lambda ps: [len(p) / 100 for p in ps]  # noqa: E731
+    res = tot_bfs(chain, deeper)
+    assert not res.finished and len(res.steps) == 16 and tot_bfs(chain, deeper, max_depth=17).finished
+    # a state at the threshold survives it; a state that cannot be expanded ends the search with an answer
+    dead = lambda ps, k: [[("a", False, 1), ("b", False, 1)] if not p else [] for p in ps]  # noqa: E731
+    res = tot_bfs(dead, lambda ps: [0.5] * len(ps), threshold=0.5)
+    assert (res.steps, res.finished, [p for p, _ in res.kept]) == (["a"], False, [["a"], ["b"]])  # ties: the first
+
+
+def test_tot_dfs_defaults_edges_and_ties():
+    expand, score, ks = _star(7, best=6)
+    res = tot_dfs(expand, score)
+    # 5 expansions: c1..c5 are explored (all >= 0.5), none of their solutions reaches 0.5, so the answer is the best
+    # finished one it scored, l5; a sixth expansion would have found l6 (1.0)
+    assert ks[0] == 5 and res.steps == ["c5", "l5"] and [p for p, _ in res.kept] == [[f"c{i}"] for i in range(1, 6)]
+    assert tot_dfs(expand, score, threshold=0.95).finished is False  # every state below the threshold
+    assert tot_dfs(expand, score, expansions=1).steps == ["c1", "l1"]
+    # a child exactly at the threshold is explored, not pruned
+    at = lambda ps, k: [[("a", False, 1)] if not p else [("a1", True, 1)] for p in ps]  # noqa: E731
+    assert tot_dfs(at, lambda ps: [0.5] * len(ps), threshold=0.5).steps == ["a", "a1"]
+    chain = lambda ps, k: [[("s", len(p) == 16, 1)] for p in ps]  # noqa: E731
+    deeper = lambda ps: [0.5 + len(p) / 1000 for p in ps]  # noqa: E731
+    res = tot_dfs(chain, deeper)
+    assert not res.finished and len(res.steps) == 16 and tot_dfs(chain, deeper, max_depth=17).finished
+    long = lambda ps, k: [[("s", len(p) == 100, 1)] for p in ps]  # noqa: E731  (101 steps: 101 expansions)
+    assert not tot_dfs(long, deeper, max_depth=1000).finished  # 100 expanded states by default
+    assert tot_dfs(long, deeper, max_depth=1000, max_nodes=101).finished
+    # a dead end (depth limit, or no children) backtracks to the next sibling instead of stopping the search
+    tree = {(): [("a", False, 1), ("b", True, 1)], ("a",): []}
+    vals = {("a",): 0.9, ("b",): 0.6}
+    ex = lambda ps, k: [tree[tuple(p)] for p in ps]  # noqa: E731
+    for kw in ({"max_depth": 1}, {}):
+        res = tot_dfs(ex, lambda ps: [vals[tuple(p)] for p in ps], **kw)
+        assert res.steps == ["b"] and [p for p, _ in res.kept] == [["a"], ["b"]], kw
+    # no finished solution: the first of equally valued states
+    flat = lambda ps, k: [[("a", False, 1), ("b", False, 1)] if not p else [] for p in ps]  # noqa: E731
+    assert tot_dfs(flat, lambda ps: [0.7] * len(ps)).steps == ["a"]
