@@ -48,7 +48,7 @@ MODULES: dict[str, tuple[list[str], list[str] | None]] = {
     "search/dvts.py": (["tests/test_search_tree.py", "tests/test_search_properties.py"], None),
     "search/mcts.py": (["tests/test_search_tree.py", "tests/test_search_properties.py"], None),
     "search/tot.py": (["tests/test_search_tree.py", "tests/test_search_properties.py"], None),
-    "search/solve.py": (["tests/test_search_solve.py"], None),
+    "search/solve.py": (["tests/test_search_solve.py", "tests/test_search_wiring.py"], None),
     # the labelling functions, not the model code (trained and scored in tests/test_verifier_value.py's slow tests)
     "verifiers/value.py": (
         ["tests/test_verifier_labels.py"],
