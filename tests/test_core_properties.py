@@ -161,3 +161,55 @@ def test_rundir_config_guard(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         empty.save_config({}, defaults={})  # an empty record equals an empty config
+
+
+def test_torn_tail_offsets_at_block_and_file_starts(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\n{")  # the newline is the file's first byte
+    assert _torn_tail_offset(path) == 1
+    path.write_bytes(b"\n" + b"x" * 65536)  # ... and the only byte left after one full block
+    assert _torn_tail_offset(path) == 1
+    path.write_bytes(b"\n{")
+    with pytest.warns(UserWarning, match=r"t.jsonl:2: last line is incomplete \(torn write\); dropped$"):
+        assert list(read_jsonl(path)) == []  # a blank first line, then the torn one: line 2
+
+
+def test_warnings_point_at_the_caller(tmp_path):
+    path = tmp_path / "w.jsonl"
+    path.write_text('{"a": 1}\n{"b"')
+    with pytest.warns(UserWarning) as caught:
+        list(read_jsonl(path))
+    with pytest.warns(UserWarning) as repaired:
+        repair_jsonl(path)
+    assert caught[0].filename == repaired[0].filename == __file__
+
+
+def test_undecodable_bytes_are_reported_with_the_decoder_reason(tmp_path):
+    path = tmp_path / "u.jsonl"
+    path.write_bytes(b'{"a": 1}\n\xff\n')
+    with pytest.raises(DataError, match=r"u.jsonl:2: invalid JSON: 'utf-8' codec can't decode byte 0xff in position 0"):
+        list(read_jsonl(path))
+
+
+def test_atomic_and_appending_writes_make_missing_parents_and_write_beside_the_target(tmp_path, monkeypatch):
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: replaced.append((src, dst)) or real_replace(src, dst))
+    target = tmp_path / "a" / "b" / "f.json"
+    atomic_write_text(target, "x")
+    ((src, dst),) = replaced
+    src = os.fspath(src)
+    # the temporary file sits beside the target (same filesystem: os.replace is atomic), hidden and named after it
+    assert os.path.dirname(src) == str(target.parent) and os.path.basename(src).startswith(".f.json.")
+    assert src.endswith(".tmp") and dst == target and target.read_text() == "x"
+    with JsonlWriter(tmp_path / "c" / "d" / "w.jsonl") as w:
+        w.write({"k": 1})
+    assert list(read_jsonl(tmp_path / "c" / "d" / "w.jsonl")) == [{"k": 1}]
+
+
+def test_recorded_config_is_sorted_yaml_and_the_refusal_says_what_to_do(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.save_config({"b": 1, "a": 2})
+    assert (run.path / "config.yaml").read_text() == "a: 2\nb: 1\n"
+    with pytest.raises(ConfigError, match=r"\(keys \['b'\]\); use a new run directory or restore the original config$"):
+        run.save_config({"b": 3, "a": 2})

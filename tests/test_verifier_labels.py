@@ -149,3 +149,22 @@ def test_batch_pads_and_marks_the_valid_positions():
     assert ids.dtype == positions.dtype == attention.dtype == torch.long and valid.dtype == torch.bool
     ids, *_ = _batch(SimpleNamespace(pad_token_id=None), rows)  # no pad token: pad with 0
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+
+
+class BosCharTokenizer:
+    """One token per character (id = code point), with a BOS (id 1) unless `add_special_tokens=False`."""
+
+    def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
+        ids = ([1] if add_special_tokens else []) + [ord(c) for c in text]
+        out = {"input_ids": ids}
+        if return_offsets_mapping:
+            out["offset_mapping"] = ([(0, 0)] if add_special_tokens else []) + [(i, i + 1) for i in range(len(text))]
+        return out
+
+
+def test_encode_adds_special_tokens_to_the_prompt_only_and_reads_one_character_steps():
+    ids, pos = _encode(BosCharTokenizer(), "Q:", ["9", "", "ab"], "\n")
+    # [BOS] Q : | 9 \n \n a b  -> the prompt ends at 2; '9' at 3; the empty step is read at the delimiter before
+    # it (4), the last token that starts before its end; 'b' at 7
+    assert ids == [1, ord("Q"), ord(":"), ord("9"), 10, 10, ord("a"), ord("b")]
+    assert pos == [2, 3, 4, 7]
