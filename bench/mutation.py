@@ -94,12 +94,14 @@ def prepare(module: str, tests: list[str], work: Path) -> None:
     work.mkdir(parents=True)
     shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "examples", work / "examples")  # the graders' tests read the example configs
     present = [t for t in tests if (ROOT / t).exists()]
     selection = present + [f"src/reasonloop/{module}"]  # the module's doctests count as tests too
     config = {
         "source_paths": ["src"],
         "only_mutate": [f"src/reasonloop/{module}"],
         "pytest_add_cli_args_test_selection": selection,
+        "also_copy": ["examples/"],
         # the trampolined copy holds every mutant as a function with the docstring: run the originals' doctests only;
         # and leave out the few slow tests (TRL's trainer: 15 s a mutant) that have fast hand-worked counterparts
         # and skip pytest's unraisable-exception check: its gc.collect() at every session end takes seconds once
