@@ -42,6 +42,7 @@ MODULES: dict[str, tuple[list[str], list[str] | None]] = {
             "tests/test_search_properties.py",
             "tests/test_search_tree.py",
             "tests/test_search_solve.py",
+            "tests/test_search_wiring.py",
         ],
         None,
     ),  # fmt: skip
