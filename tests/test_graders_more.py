@@ -502,3 +502,36 @@ def test_grade_command_resumes_refuses_a_foreign_output_and_needs_a_judge_loader
     assert cmd_grade(args) == 0 and loaded == ["judge-dir"]
     assert [json.loads(x)["score"] for x in out.read_text().splitlines()] == pytest.approx([0.7] * 3)
     assert "(0 workers)" in capsys.readouterr().out
+
+
+def test_templates_and_numbers_edge_cases():
+    # a json fence wins over an earlier bare object; a reference written with leading spaces is still decoded
+    assert extract_json('first {"a": 1} then ```json\n{"b": 2}\n```') == ({"b": 2}, "")
+    assert resolve("item.answer.x", Problem("q", "?", '  {"x": 5}'), "") == 5
+    # values that are not text are written as JSON, non-ASCII kept as it is
+    q = Problem("q", "?", "", {"names": ["é", "ü"]})
+    assert render("names: {{item.names}}", q, "") == 'names: ["é", "ü"]'
+    assert parse_number("12X") is None and parse_number("12.") == 12.0
+
+
+def test_worker_pool_is_spawned_with_one_process_per_chunk_at_most(monkeypatch):
+    import reasonloop.graders.batch as batch
+
+    made = []
+    real = batch.ProcessPoolExecutor
+
+    def spy(n=None, **kw):
+        made.append((n, kw["mp_context"].get_start_method()))
+        return real(n, **kw)
+
+    monkeypatch.setattr(batch, "ProcessPoolExecutor", spy)
+    g = grader_from_config({"type": "exact"})
+    res = grade_batch(g, [P] * 3, ["42", "41", "42"], workers=4, chunk_size=2)
+    assert made == [(2, "spawn")] and [x.score for x in res.grades] == [1.0, 0.0, 1.0]  # 2 chunks: 2 processes
+    assert 0 <= res.seconds < 120
+    made.clear()
+    assert [x.score for x in grade_batch(g, [P], ["42"], workers=0).grades] == [1.0] and made == []  # in-process
+    # 8 items a chunk by default
+    seen = []
+    grade_batch(g, [P] * 17, ["42"] * 17, progress=seen.append)
+    assert seen == [8, 8, 1] and [len(c) for c in iter_grades(g, [(P, "42")] * 9)] == [8, 1]
