@@ -3,6 +3,7 @@ batch grading and `reasonloop grade`'s input checks. Expected values are worked 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -458,7 +459,9 @@ def test_read_items_checks_every_line(tmp_path):
     (r1, p1, c1), (r2, p2, c2), (_, p3, _) = read_items(f)
     assert (p1.id, p1.prompt, p1.answer, p1.meta, c1) == ("7", "P?", "42", {"x": 1}, "42")  # prompt first
     assert (p2.id, p2.prompt, p2.answer, p2.meta, c2) == ("in-3", "R?", '{"a": 1}', {}, "c")
-    assert (p3.id, p3.prompt) == ("in-4", "") and r1["x"] == 1
+    assert (p3.id, p3.prompt, p3.answer) == ("in-4", "", "1") and r1["x"] == 1
+    f.write_text('{"answer": {"é": [1]}, "completion": ""}\n')
+    assert read_items(f)[0][1].answer == '{"é": [1]}'  # a non-text answer becomes its JSON, non-ASCII kept
     for line, msg in [
         ("{bad", r"in.jsonl:2: invalid JSON: Expecting property name enclosed in double quotes$"),
         ("[1]", r"in.jsonl:2: expected a JSON object, got list$"),
@@ -535,3 +538,82 @@ def test_worker_pool_is_spawned_with_one_process_per_chunk_at_most(monkeypatch):
     seen = []
     grade_batch(g, [P] * 17, ["42"] * 17, progress=seen.append)
     assert seen == [8, 8, 1] and [len(c) for c in iter_grades(g, [(P, "42")] * 9)] == [8, 1]
+
+
+def test_grade_command_summary_progress_and_details(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    import reasonloop.graders.cli as grade_cli
+
+    grader = tmp_path / "g.yaml"
+    grader.write_text("type: json_fields\nreference: '{{item.ref}}'\n")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rows = [
+        {"ref": {"a": 1, "b": 2}, "completion": '{"a": 1, "b": 2}'},  # 1
+        {"ref": {"a": 1}, "completion": '{"a": 2}'},  # 0
+        {"ref": {"a": 1, "b": 2}, "completion": '{"a": 1, "b": 3}'},  # P = R = F1 = 1/2
+        {"completion": '{"a": 1}'},  # no item.ref: a data error, graded 0 and counted
+        {"ref": {"a": 1}, "completion": "nothing"},  # no JSON: 0
+    ]
+    inp.write_text("".join(json.dumps({"answer": "x", **r}) + "\n" for r in rows))
+    ticks = iter([10.0, 12.0])  # graded in 2 s
+    monkeypatch.setattr(grade_cli, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    bars = []
+
+    def bar(total, desc):
+        bars.append((total, desc, []))
+        return contextlib.nullcontext(bars[-1][2].append)
+
+    parser = argparse.ArgumentParser()
+    grade_cli.add_grade_parser(parser.add_subparsers(), progress_bar=bar)
+    args = parser.parse_args(["grade", "--grader", str(grader), "--input", str(inp), "--output", str(out),
+                              "--workers", "1", "--chunk-size", "2"])  # fmt: skip
+    assert args.func(args) == 0
+    assert bars == [(5, "grading in.jsonl", [2, 2, 1])]
+    graded = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [g["score"] for g in graded] == pytest.approx([1.0, 0.0, 0.5, 0.0, 0.0])
+    assert graded[2]["details"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5})
+    assert graded[3]["details"] == {"error": True} and "template field 'item.ref' not found" in graded[3]["reason"]
+    assert "details" not in graded[4]  # a grade without details adds none
+    assert capsys.readouterr().out == (
+        "graded 5 samples: mean score 0.3000, 1 scored 1, 3 scored 0, 1 partial, 1 errors; "
+        f"2.5 samples/s (1 workers); wrote {out}\n"
+    )
+
+
+def test_grade_parser_options_and_help():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    grade_cli_sub = parser.add_subparsers()
+    from reasonloop.graders.cli import add_grade_parser
+
+    add_grade_parser(grade_cli_sub)
+    args = parser.parse_args(["grade", "--grader", "g", "--input", "i", "--output", "o"])
+    assert (args.workers, args.chunk_size, args.judge_model, args.progress_bar, args.make_generator) == (
+        2,
+        8,
+        None,
+        None,
+        None,
+    )
+    assert args.func is cmd_grade
+    for missing in ("--grader", "--input", "--output"):
+        argv = ["grade", "--grader", "g", "--input", "i", "--output", "o"]
+        i = argv.index(missing)
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(argv[:i] + argv[i + 2 :])
+        assert e.value.code == 2
+    helps = " ".join(grade_cli_sub.choices["grade"].format_help().split())
+    for text in [
+        "YAML file with one grader config (see examples/graders/)",
+        "JSONL: problem fields ('answer', ...) and 'completion' per line",
+        "JSONL to write: the input plus score, parsed, reason",
+        "grading processes; 0 grades in this process (default: 2)",
+        "items sent to a worker at a time (default: 8)",
+        "model directory (or 'nano') for 'model' graders; grades in this process",
+    ]:
+        assert text in helps, text
+    assert "grade a JSONL file of completions with a grader from YAML (resumable)" in " ".join(
+        parser.format_help().split()
+    )
