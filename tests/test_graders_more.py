@@ -617,3 +617,32 @@ def test_grade_parser_options_and_help():
     assert "grade a JSONL file of completions with a grader from YAML (resumable)" in " ".join(
         parser.format_help().split()
     )
+
+
+def test_json_fields_compares_booleans_and_nested_objects_exactly():
+    ref = Problem("r", "?", '{"ok": true, "obj": {"a": 1, "b": 2}}')
+    assert grade({"type": "json_fields", "fields": ["ok"]}, '{"ok": 1}', ref).score == 0.0  # true is not the number 1
+    assert grade({"type": "json_fields", "fields": ["ok"]}, '{"ok": true}', ref).score == 1.0
+    # a nested object matches as a whole, whatever its key order, and only when equal
+    assert grade({"type": "json_fields", "fields": ["obj"]}, '{"obj": {"b": 2, "a": 1}}', ref).score == 1.0
+    assert grade({"type": "json_fields", "fields": ["obj"]}, '{"obj": {"a": 1, "b": 3}}', ref).score == 0.0
+
+
+def test_judge_config_messages_are_exact():
+    with pytest.raises(
+        ValueError, match=r"^give exactly one of 'score_range' \(score mode\) or 'labels' \(label mode\)$"
+    ):
+        ModelConfig(prompt="p")
+    with pytest.raises(ValueError, match=r"^n must be >= 1$"):
+        ModelConfig(prompt="p", score_range=[0, 1], n=0)
+
+
+def test_grade_parser_passes_the_judge_loader_on():
+    import argparse
+
+    from reasonloop.graders.cli import add_grade_parser
+
+    parser = argparse.ArgumentParser()
+    loader = lambda path: None  # noqa: E731
+    add_grade_parser(parser.add_subparsers(), make_generator=loader)
+    assert parser.parse_args(["grade", "--grader", "g", "--input", "i", "--output", "o"]).make_generator is loader
