@@ -646,3 +646,51 @@ def test_grade_parser_passes_the_judge_loader_on():
     loader = lambda path: None  # noqa: E731
     add_grade_parser(parser.add_subparsers(), make_generator=loader)
     assert parser.parse_args(["grade", "--grader", "g", "--input", "i", "--output", "o"]).make_generator is loader
+
+
+def test_math_grader_passes_its_settings_to_math_verify_and_reports_what_it_parsed(monkeypatch):
+    import math_verify
+
+    from reasonloop.graders.math_equiv import MathConfig, _verify
+
+    calls = []
+    real_parse, real_verify = math_verify.parse, math_verify.verify
+
+    def parse(text, **kw):
+        calls.append(("parse", text, kw["parsing_timeout"], [type(c).__name__ for c in kw["extraction_config"]]))
+        return real_parse(text, **kw)
+
+    def verify(gold, pred, **kw):
+        calls.append(("verify", kw))
+        return real_verify(gold, pred, **kw)
+
+    monkeypatch.setattr(math_verify, "parse", parse)
+    monkeypatch.setattr(math_verify, "verify", verify)
+    configs = ["LatexExtractionConfig", "ExprExtractionConfig"]
+    g = _verify("\\frac{1}{2}", "So it is $\\boxed{0.5}$.", 3, 4)
+    assert calls == [
+        ("parse", "$\\frac{1}{2}$", 3, configs),  # a bare reference is LaTeX math without delimiters
+        ("parse", "So it is $\\boxed{0.5}$.", 3, configs),
+        ("verify", {"float_rounding": 4, "timeout_seconds": 3}),
+    ]
+    pred = real_parse("So it is $\\boxed{0.5}$.")
+    gold = real_parse("$\\frac{1}{2}$")
+    assert (g.score, g.parsed, g.reason) == (1.0, str(pred[-1]), f"{pred[-1]} equals {gold[-1]}")
+    for delimited in ("$x$", "\\boxed{3}", "\\(2\\)", "\\[2\\]"):
+        calls.clear()
+        _verify(delimited, "2", 3, 4)
+        assert calls[0][1] == delimited  # already delimited: parsed as written
+    calls.clear()
+    _verify("\\$5", "5", 3, 4)  # an escaped dollar is a dollar sign, not math: wrapped
+    assert calls[0][1] == "$\\$5$"
+    calls.clear()
+    g = _verify(" ", "2", 3, 4)  # nothing to parse, wrapped or not
+    assert (g.score, g.parsed, g.reason) == (0.0, None, "could not parse the reference ''")
+    assert [c[1] for c in calls] == ["$$", ""]
+    g = _verify("2", "no math here", 3, 4)
+    assert (g.score, g.parsed, g.reason) == (0.0, None, "no answer found in the completion")
+    # floats are compared after rounding to float_rounding places
+    assert _verify("1/3", "0.333", 3, 2).score == 1.0 and _verify("1/3", "0.333", 3, 6).score == 0.0
+    MathConfig(timeout_s=1)
+    with pytest.raises(ValueError, match=r"^timeout_s must be >= 1 \(math-verify's timeouts are whole seconds\)$"):
+        MathConfig(timeout_s=0)
