@@ -694,3 +694,30 @@ def test_math_grader_passes_its_settings_to_math_verify_and_reports_what_it_pars
     MathConfig(timeout_s=1)
     with pytest.raises(ValueError, match=r"^timeout_s must be >= 1 \(math-verify's timeouts are whole seconds\)$"):
         MathConfig(timeout_s=0)
+
+
+def test_numeric_reference_forms_and_failed_grades():
+    # the reference's #### line wins over its other numbers; a fraction is a number; otherwise its last number
+    assert grade({"type": "numeric", "reference": "#### 5\nthen 7"}, "5").score == 1.0
+    assert grade({"type": "numeric", "reference": "3/4"}, "0.75").score == 1.0
+    assert grade({"type": "numeric", "reference": "costs 2 then 9"}, "9").score == 1.0
+    g = grade({"type": "numeric", "reference": "no digits"}, "42")
+    assert (g.score, g.parsed, g.reason) == (0.0, "42", "reference has no number")
+    g = grade({"type": "gsm8k"}, "#### none")
+    assert (g.score, g.parsed, g.reason) == (0.0, "none", "#### 'none' is not a number")
+    grader_from_config({"type": "numeric", "abs_tol": 0, "rel_tol": 0})  # zero tolerance is allowed
+    with pytest.raises(ConfigError, match=r"abs_tol and rel_tol must be >= 0$"):
+        grader_from_config({"type": "numeric", "abs_tol": -1})
+
+
+def test_formula_names_in_errors_and_python_config_message():
+    from reasonloop.graders.multi import check_formula
+
+    with pytest.raises(ConfigError, match=r"^formula 'a \+ z': unknown grader name\(s\) 'z' \(graders: a, b\)$"):
+        check_formula("a + z", ["b", "a"])
+    with pytest.raises(ConfigError, match=r"unknown grader name\(s\) 'x', 'y' \(graders: none\)$"):
+        check_formula("y + x", [])
+    with pytest.raises(
+        ValueError, match=r"^give exactly one of 'source' \(a grade\(sample, item\) function\) or 'tests'$"
+    ):
+        PythonConfig()
