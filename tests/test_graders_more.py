@@ -721,3 +721,14 @@ def test_formula_names_in_errors_and_python_config_message():
         ValueError, match=r"^give exactly one of 'source' \(a grade\(sample, item\) function\) or 'tests'$"
     ):
         PythonConfig()
+
+
+def test_multi_hands_the_judge_to_its_model_graders_and_missing_files_are_named(tmp_path):
+    cfg = {
+        "type": "multi",
+        "graders": {"j": {"type": "model", "prompt": "{{sample.output_text}}", "score_range": [0, 10]}},
+        "formula": "j",
+    }
+    assert grade(cfg, "x", generator=Judge(["7"])).score == pytest.approx(0.7)
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'none.yaml'}: grader file does not exist$"):
+        load_grader(tmp_path / "none.yaml")
