@@ -556,7 +556,7 @@ def test_grade_command_summary_progress_and_details(tmp_path, monkeypatch, capsy
         {"ref": {"a": 1}, "completion": "nothing"},  # no JSON: 0
     ]
     inp.write_text("".join(json.dumps({"answer": "x", **r}) + "\n" for r in rows))
-    ticks = iter([10.0, 12.0])  # graded in 2 s
+    ticks = iter([10.0, 10.5, 20.0, 20.5])  # each run grades in half a second
     monkeypatch.setattr(grade_cli, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
     bars = []
 
@@ -577,7 +577,12 @@ def test_grade_command_summary_progress_and_details(tmp_path, monkeypatch, capsy
     assert "details" not in graded[4]  # a grade without details adds none
     assert capsys.readouterr().out == (
         "graded 5 samples: mean score 0.3000, 1 scored 1, 3 scored 0, 1 partial, 1 errors; "
-        f"2.5 samples/s (1 workers); wrote {out}\n"
+        f"10.0 samples/s (1 workers); wrote {out}\n"
+    )
+    assert args.func(args) == 0  # everything already graded: nothing to do, and the summary says so
+    assert capsys.readouterr().out == (
+        "graded 0 samples, 5 already graded: mean score 0.0000, 0 scored 1, 0 scored 0, 0 partial, 0 errors; "
+        f"0.0 samples/s (1 workers); wrote {out}\n"
     )
 
 
