@@ -4,12 +4,15 @@ batch grading and `reasonloop grade`'s input checks. Expected values are worked 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import re
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reasonloop.core import ConfigError, DataError, Problem, ReasonloopError
 from reasonloop.graders import grade_batch, grader_from_config, iter_grades, load_grader
@@ -737,3 +740,18 @@ def test_multi_hands_the_judge_to_its_model_graders_and_missing_files_are_named(
     assert grade(cfg, "x", generator=Judge(["7"])).score == pytest.approx(0.7)
     with pytest.raises(ConfigError, match=rf"^{tmp_path / 'none.yaml'}: grader file does not exist$"):
         load_grader(tmp_path / "none.yaml")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from("abc"), max_size=7), st.lists(st.sampled_from("abc"), max_size=7))
+def test_lcs_length_equals_a_brute_force_search(a, b):
+    def common(n: int) -> bool:  # some n-element subsequence of a is also one of b
+        subs_b = set(itertools.combinations(b, n))
+        return any(s in subs_b for s in itertools.combinations(a, n))
+
+    assert lcs_length(a, b) == max(n for n in range(min(len(a), len(b)) + 1) if common(n))
+
+
+def test_text_similarity_metric_message_lists_the_metrics():
+    with pytest.raises(ConfigError, match=r"metric 'cosine' is not one of fuzzy_match, bleu, rouge_l$"):
+        grader_from_config({"type": "text_similarity", "metric": "cosine"})
