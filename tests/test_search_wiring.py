@@ -187,3 +187,16 @@ def test_solve_argument_errors():
     with pytest.raises(ValueError, match="^budget must be at least 1$"):
         solve(P, TASK, gen, Verifier(), "majority", 0)
     assert solve(P, TASK, gen, None, "majority", 1).generator_tokens == 5  # a budget of 1 is allowed
+
+
+def test_generator_expand_defaults_and_prompt_layout():
+    from reasonloop.search.beam import generator_expand
+
+    gen = Recorder(lambda prompt, i: "x")
+    expand = generator_expand(gen, "Q:")
+    assert expand([["a", "b"], []], 2) == [[("x", False, 1)] * 2] * 2
+    expand([["c"]], 1)
+    assert gen.calls == [
+        (["Q:a\nb\n", "Q:"], 2, {"temperature": 1.0, "max_new_tokens": 64, "stop": ["\n"], "seed": 0}),
+        (["Q:c\n"], 1, {"temperature": 1.0, "max_new_tokens": 64, "stop": ["\n"], "seed": 1}),  # a new seed per call
+    ]
