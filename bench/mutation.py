@@ -163,6 +163,13 @@ def run_module(module: str, survivors: list[str] | None = None) -> dict:
             if (ROOT / t).exists():
                 for dst in (work / t, work / "mutants" / t):
                     shutil.copy(ROOT / t, dst)
+        # the other modules as they are now (the tests may rely on changes there); the mutated module's own
+        # source must not have changed since the full run (rerun it in full if it has)
+        for src in (ROOT / "src").rglob("*.py"):
+            rel = src.relative_to(ROOT)
+            if rel != Path("src/reasonloop") / module:
+                for dst in (work / rel, work / "mutants" / rel):
+                    shutil.copy(src, dst)
         (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # new tests: recollect who covers what
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts mutants/src first itself
     env["OMP_NUM_THREADS"] = "1"
