@@ -96,6 +96,11 @@ def prepare(module: str, tests: list[str], work: Path) -> None:
     shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "examples", work / "examples")  # the graders' tests read the example configs
+    write_config(module, tests, work)
+
+
+def write_config(module: str, tests: list[str], work: Path) -> None:
+    """The scratch copy's pyproject: the repository's, plus a `[tool.mutmut]` section for `module` and its tests."""
     present = [t for t in tests if (ROOT / t).exists()]
     selection = present + [f"src/reasonloop/{module}"]  # the module's doctests count as tests too
     config = {
@@ -122,6 +127,8 @@ def prepare(module: str, tests: list[str], work: Path) -> None:
     body = "\n".join(f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in config.items())
     text = (ROOT / "pyproject.toml").read_text() + "\n[tool.mutmut]\n" + body + "\n"
     (work / "pyproject.toml").write_text(text)
+    if (work / "mutants").exists():
+        (work / "mutants" / "pyproject.toml").write_text(text)
 
 
 def collect(work: Path, only: list[str] | None) -> dict:
@@ -170,6 +177,7 @@ def run_module(module: str, survivors: list[str] | None = None) -> dict:
             if rel != Path("src/reasonloop") / module:
                 for dst in (work / rel, work / "mutants" / rel):
                     shutil.copy(src, dst)
+        write_config(module, tests, work)  # the test list may have grown
         (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # new tests: recollect who covers what
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts mutants/src first itself
     env["OMP_NUM_THREADS"] = "1"
