@@ -534,6 +534,9 @@ def test_worker_pool_is_spawned_with_one_process_per_chunk_at_most(monkeypatch):
     g = grader_from_config({"type": "exact"})
     res = grade_batch(g, [P] * 3, ["42", "41", "42"], workers=4, chunk_size=2)
     assert made == [(2, "spawn")] and [x.score for x in res.grades] == [1.0, 0.0, 1.0]  # 2 chunks: 2 processes
+    made.clear()
+    grade_batch(g, [P], ["42"], workers=4)
+    assert made == [(1, "spawn")]  # one chunk: one process
     assert 0 <= res.seconds < 120
     made.clear()
     assert [x.score for x in grade_batch(g, [P], ["42"], workers=0).grades] == [1.0] and made == []  # in-process
@@ -560,6 +563,11 @@ def test_grade_command_summary_progress_and_details(tmp_path, monkeypatch, capsy
     ]
     inp.write_text("".join(json.dumps({"answer": "x", **r}) + "\n" for r in rows))
     ticks = iter([10.0, 10.5, 20.0, 20.5])  # each run grades in half a second
+    import reasonloop.graders.batch as batch
+
+    pools = []
+    real_pool = batch.ProcessPoolExecutor
+    monkeypatch.setattr(batch, "ProcessPoolExecutor", lambda n, **kw: pools.append(n) or real_pool(n, **kw))
     monkeypatch.setattr(grade_cli, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
     bars = []
 
@@ -572,7 +580,7 @@ def test_grade_command_summary_progress_and_details(tmp_path, monkeypatch, capsy
     args = parser.parse_args(["grade", "--grader", str(grader), "--input", str(inp), "--output", str(out),
                               "--workers", "1", "--chunk-size", "2"])  # fmt: skip
     assert args.func(args) == 0
-    assert bars == [(5, "grading in.jsonl", [2, 2, 1])]
+    assert bars == [(5, "grading in.jsonl", [2, 2, 1])] and pools == [1]  # --workers 1: one worker process
     graded = [json.loads(x) for x in out.read_text().splitlines()]
     assert [g["score"] for g in graded] == pytest.approx([1.0, 0.0, 0.5, 0.0, 0.0])
     assert graded[2]["details"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5})
@@ -612,19 +620,17 @@ def test_grade_parser_options_and_help():
         with pytest.raises(SystemExit) as e:
             parser.parse_args(argv[:i] + argv[i + 2 :])
         assert e.value.code == 2
-    helps = " ".join(grade_cli_sub.choices["grade"].format_help().split())
-    for text in [
-        "YAML file with one grader config (see examples/graders/)",
-        "JSONL: problem fields ('answer', ...) and 'completion' per line",
-        "JSONL to write: the input plus score, parsed, reason",
-        "grading processes; 0 grades in this process (default: 2)",
-        "items sent to a worker at a time (default: 8)",
-        "model directory (or 'nano') for 'model' graders; grades in this process",
-    ]:
-        assert text in helps, text
-    assert "grade a JSONL file of completions with a grader from YAML (resumable)" in " ".join(
-        parser.format_help().split()
-    )
+    helps = {a.dest: a.help for a in grade_cli_sub.choices["grade"]._actions if a.dest != "help"}
+    assert helps == {
+        "grader": "YAML file with one grader config (see examples/graders/)",
+        "input": "JSONL: problem fields ('answer', ...) and 'completion' per line",
+        "output": "JSONL to write: the input plus score, parsed, reason",
+        "workers": "grading processes; 0 grades in this process (default: 2)",
+        "chunk_size": "items sent to a worker at a time (default: 8)",
+        "judge_model": "model directory (or 'nano') for 'model' graders; grades in this process",
+    }
+    (command,) = grade_cli_sub._choices_actions
+    assert command.help == "grade a JSONL file of completions with a grader from YAML (resumable)"
 
 
 def test_json_fields_compares_booleans_and_nested_objects_exactly():
