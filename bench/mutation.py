@@ -186,9 +186,24 @@ def run_module(module: str, survivors: list[str] | None = None) -> dict:
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
     (work / "mutmut.log").write_text(proc.stdout + proc.stderr)
+    reap_orphans(work)
     result = collect(work, only)
     result.update(module=module, tests=tests, seconds=round(time.time() - t0), returncode=proc.returncode)
     return result
+
+
+def reap_orphans(work: Path) -> None:
+    """End the processes this run left behind: a mutant's test process exits without shutting down the worker pools
+    its tests started (the math grader's), and their spawned workers outlive it. They are ours: their working
+    directory is this run's scratch copy."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if Path(os.readlink(entry / "cwd")).is_relative_to(work.resolve()):
+                os.kill(int(entry.name), 15)
+        except (OSError, ValueError):
+            continue
 
 
 def write_reports(results: dict[str, dict]) -> None:
