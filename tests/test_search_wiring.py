@@ -200,3 +200,26 @@ def test_generator_expand_defaults_and_prompt_layout():
         (["Q:a\nb\n", "Q:"], 2, {"temperature": 1.0, "max_new_tokens": 64, "stop": ["\n"], "seed": 0}),
         (["Q:c\n"], 1, {"temperature": 1.0, "max_new_tokens": 64, "stop": ["\n"], "seed": 1}),  # a new seed per call
     ]
+
+
+def test_solve_uses_the_task_delimiter_completes_long_partials_and_sampling_defaults(monkeypatch):
+    class Semicolon:  # arith with ";" between steps
+        step_delimiter = ";"
+
+        def extract_answer(self, text):
+            return TASK.extract_answer(text.replace(";", "\n"))
+
+    seen: dict = {}
+    monkeypatch.setattr(
+        solve_module, "tot_bfs", spy("tot_bfs", TotResult(["1+2=3", "3*1=3"], 0.4, False, [], 6, 2), seen)
+    )
+    gen = Recorder(lambda prompt, i: "A: 3")
+    out = solve(P, Semicolon(), gen, Verifier(), "tot_bfs", 4)
+    assert gen.calls[0][0] == ["Q: 1+2\n1+2=3;"] and gen.calls[0][2]["stop"] == [";"]  # expand uses the delimiter
+    assert gen.calls[1][0] == ["Q: 1+2\n1+2=3;3*1=3;"]  # the greedy completion of a two-step partial solution
+    assert out.text == "1+2=3;3*1=3;A: 3" and out.answer == "3"
+    gen = Recorder()
+    solve_sampling([P], TASK, gen, None, "majority", 2)
+    assert gen.calls[0][2] == {"temperature": 1.0, "max_new_tokens": 96, "seed": 0}
+    vote = solve_sampling([P], TASK, Recorder(lambda p, i: ["A: 3", "A: 4"][i]), Verifier(), "weighted_vote", 2)[0]
+    assert vote.kept == [("3", 0.0), ("4", 0.0)] and vote.answer == "3"
