@@ -2,6 +2,7 @@
 
     nice -n 10 python bench/mutation.py                      # every module below
     nice -n 10 python bench/mutation.py eval/metrics.py      # one or more modules
+    nice -n 10 python bench/mutation.py --survivors          # rerun the last survivors with the current tests
     python bench/mutation.py --list                          # modules and the tests run against each
 
 For each module, a scratch copy of the repository (src/, tests/, pyproject.toml) gets a
