@@ -99,17 +99,3 @@ def test_sample_and_problem_roundtrip():
         Sample.from_dict({"problem_id": "p", "text": "", "bogus": 1})
     p = Problem("id", "Q", "3", {"k": 1})
     assert Problem.from_dict(p.to_dict()) == p
-
-
-def test_missing_shared_data_skips_locally_and_fails_under_ci(tmp_path, monkeypatch):
-    from .conftest import require_shared
-
-    missing = tmp_path / "shared" / "data"
-    monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(pytest.skip.Exception, match="not found"):
-        require_shared(missing)
-    monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match=r"CI=true but the shared data is missing: expected .*shared/data"):
-        require_shared(missing)
-    missing.mkdir(parents=True)
-    assert require_shared(missing) == missing

@@ -113,7 +113,11 @@ def test_atomic_writes_replace_whole_files_and_clean_up_after_a_failure(tmp_path
 
 def test_rundir_layout_state_samples_and_metrics(tmp_path, monkeypatch):
     run = RunDir(tmp_path / "a" / "run")
-    assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "plots", "samples"]
+    assert sorted(p.name for p in run.path.iterdir() if not p.name.startswith(".")) == [
+        "checkpoints",
+        "plots",
+        "samples",
+    ]
     RunDir(run.path)  # reopening an existing run is fine
     assert run.state == {}
     assert run.update_state(round=1, done=["x"]) == {"round": 1, "done": ["x"]}
@@ -218,3 +222,17 @@ def test_recorded_config_is_sorted_yaml_and_the_refusal_says_what_to_do(tmp_path
     assert (run.path / "config.yaml").read_text() == "a: 2\nb: 1\n"
     with pytest.raises(ConfigError, match=r"\(keys \['b'\]\); use a new run directory or restore the original config$"):
         run.save_config({"b": 3, "a": 2})
+
+
+def test_missing_shared_data_skips_locally_and_fails_under_ci(tmp_path, monkeypatch):
+    from .conftest import require_shared
+
+    missing = tmp_path / "shared" / "data"
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="not found"):
+        require_shared(missing)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"CI=true but the shared data is missing: expected .*shared/data"):
+        require_shared(missing)
+    missing.mkdir(parents=True)
+    assert require_shared(missing) == missing
