@@ -14,6 +14,7 @@ import math
 import random
 import textwrap
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -41,7 +42,15 @@ def mutant(fn: Callable, old: str, new: str) -> Callable:
 
 # --- Monte-Carlo step labels: a rollout is graded together with its prefix ---------------------------------------
 
-CD = CountdownTask()
+
+class TaskAndGrader(CountdownTask):
+    """Countdown, whose exact check also serves as a grader `(problem, completion) -> grade with .score`."""
+
+    def __call__(self, problem, completion):
+        return SimpleNamespace(score=float(self.is_correct(problem, completion)))
+
+
+CD = TaskAndGrader()
 CD_PROBLEM = Problem("cd-30", "Q: 30 from 3 4 6\n", "30", {"numbers": [3, 4, 6], "target": 30})
 CD_STEPS = ["4+6=10", "10*3=30", "A: 30"]
 

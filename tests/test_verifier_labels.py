@@ -27,6 +27,9 @@ class ExactTask:
         self.graded.append((problem.id, completion))
         return completion == problem.meta["solution"]
 
+    def __call__(self, problem, completion):  # the same check as a grader, for code that takes one
+        return SimpleNamespace(score=float(self.is_correct(problem, completion)))
+
 
 class Script:
     """From a prefix of `done` steps of a problem, the first `wins[(id, done)]` of the `n` rollouts write the rest of
