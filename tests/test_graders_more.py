@@ -502,13 +502,13 @@ def test_grade_command_resumes_refuses_a_foreign_output_and_needs_a_judge_loader
                rf"|{out}:1: not the grade of {inp} line 1: use a new --output file)$")  # fmt: skip
     with pytest.raises(DataError, match=foreign):
         cmd_grade(args)
+    out.unlink()
     args.judge_model = "judge-dir"
     with pytest.raises(ReasonloopError, match="^--judge-model needs a model loader; this entry point has none$"):
         cmd_grade(args)
     loaded = []
     args.make_generator = lambda path: loaded.append(path) or Judge(["7"])
     grader.write_text("type: model\nprompt: '{{sample.output_text}}'\nscore_range: [0, 10]\n")
-    out.unlink()
     args.workers = 2  # a judge holds a live model: graded in this process whatever --workers says
     assert cmd_grade(args) == 0 and loaded == ["judge-dir"]
     assert [json.loads(x)["score"] for x in out.read_text().splitlines()] == pytest.approx([0.7] * 3)
