@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,33 @@ def tiny_model(kind: str, tokenizer, seed: int = 0):
     raise ValueError(kind)
 
 
+def greedy_accuracy_of(model_dir, task, problems, max_new_tokens) -> float:
+    """Held-out greedy accuracy of a saved model, decoded and graded here rather than read from a recipe."""
+    from reasonloop.engine import HFEngine
+
+    out = HFEngine.from_pretrained(model_dir).generate(
+        [p.prompt for p in problems], 1, temperature=0.0, max_new_tokens=max_new_tokens
+    )
+    return sum(task.is_correct(p, o[0].text) for p, o in zip(problems, out)) / len(problems)
+
+
+def vote_credit(records: list[dict]) -> float:
+    """The vote's credit as documented: the most common answer wins (no answer never does), ties share the
+    credit equally, and a winning answer earns the mean grade of its samples."""
+    counts = Counter(r["answer"] for r in records if r["answer"] is not None)
+    if not counts:
+        return 0.0
+    winners = [a for a, c in counts.items() if c == max(counts.values())]
+    means = [sum(r["reward"] for r in records if r["answer"] == a) / counts[a] for a in winners]
+    return sum(means) / len(winners)
+
+
+def top_reward(records: list[dict], scores: list[float]) -> float:
+    """The grade of the highest-scored sample (ties: the earliest)."""
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    return records[best]["reward"]
+
+
 @pytest.fixture(scope="session")
 def char_tokenizer():
     from reasonloop.models.nano import build_tokenizer
@@ -64,11 +93,20 @@ def trained_tiny_dir(tmp_path_factory) -> Path:
     return train_nano(path, cfg)
 
 
+def require_shared(path: Path) -> Path:
+    """`path` if it exists; else skip the test on a developer's machine, but fail it under CI (`CI=true`), where a
+    layout change must not silently hide the real-data tests."""
+    if not path.exists():
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(f"CI=true but the shared data is missing: expected {path} beside the repository", pytrace=False)
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED.exists():
-        pytest.skip(f"shared data not found at {SHARED}")
-    return SHARED
+    """The real data sets beside the repository (`../shared/data`); see `require_shared`."""
+    return require_shared(SHARED)
 
 
 @pytest.fixture(scope="session")

@@ -99,23 +99,36 @@ def test_greedy_prefix_sharing_changes_nothing_but_cost(tiny_model_dir):
     assert shared.counts.generated == plain.counts.generated
 
 
-def test_stop_at_step(trained_tiny_dir):
-    """With stop=["\\n"], each call yields exactly one step, cut before the delimiter."""
-    engine = HFEngine.from_pretrained(trained_tiny_dir)
-    out = engine.generate(["Q: 12+7*3-5\n"], n=8, temperature=1.0, max_new_tokens=40, stop=["\n"], seed=0)
-    reasons = {s.meta["finish_reason"] for s in out[0]}
-    assert "stop" in reasons
-    for s in out[0]:
-        assert "\n" not in s.text
-        if s.meta["finish_reason"] == "stop":
-            assert engine.tokenizer.decode(s.token_ids).endswith("\n")
-            assert s.meta["stop"] == "\n"
-    # a multi-character stop string that spans tokens
-    out = engine.generate(["Q: 12+7*3-5\n"], n=4, temperature=1.0, max_new_tokens=40, stop=["=1"], seed=0)
-    for s in out[0]:
-        full = engine.tokenizer.decode(s.token_ids, skip_special_tokens=True)
-        if s.meta["finish_reason"] == "stop":
-            assert full.endswith("=1") and s.text == full[:-2]
+def test_stop_at_step(solver_tiny_dir):
+    """With a stop string, generation ends where the stop-free output has it: `text` is cut before it, `token_ids`
+    include it. Checked against the model's own greedy output, so every assertion runs (an earlier version
+    asserted inside an `if` that its seed never entered)."""
+    from reasonloop.tasks import ArithTask
+
+    engine = HFEngine.from_pretrained(solver_tiny_dir)
+    problems = ArithTask().problems("train", 20, seed=100)
+    full = [o[0].text for o in engine.generate([p.prompt for p in problems], 1, temperature=0.0, max_new_tokens=40)]
+    # one step at a time: the first line of the greedy solution, cut before the delimiter
+    out = engine.generate([p.prompt for p in problems], 1, temperature=0.0, max_new_tokens=40, stop=["\n"])
+    multi = [(p, f, o[0]) for p, f, o in zip(problems, full, out) if "\n" in f]
+    assert len(multi) >= 10, "the solver writes multi-step solutions"
+    for _, f, s in multi:
+        assert s.text == f.split("\n")[0] and s.meta["finish_reason"] == "stop" and s.meta["stop"] == "\n"
+        assert engine.tokenizer.decode(s.token_ids) == s.text + "\n"
+    # a multi-character stop string spans tokens (one per character here)
+    with_stop = [(p, f) for p, f in zip(problems, full) if "=1" in f]
+    assert with_stop, "some greedy solution writes '=1'"
+    out = engine.generate([p.prompt for p, _ in with_stop], 1, temperature=0.0, max_new_tokens=40, stop=["=1"])
+    for (_, f), (s,) in zip(with_stop, out):
+        cut = f.index("=1")
+        assert s.meta["finish_reason"] == "stop" and s.text == f[:cut]
+        assert engine.tokenizer.decode(s.token_ids, skip_special_tokens=True) == f[: cut + 2]
+    # sampled rows stop too: no sampled step holds the delimiter, and the ones that stopped end with it
+    sampled = engine.generate(["Q: 12+7*3-5\n"], n=8, temperature=1.0, max_new_tokens=40, stop=["\n"], seed=0)[0]
+    assert all("\n" not in s.text for s in sampled)
+    assert all(
+        engine.tokenizer.decode(s.token_ids).endswith("\n") for s in sampled if s.meta["finish_reason"] == "stop"
+    )
 
 
 def test_kv_cache_bounded_by_batch_not_by_n(tiny_model_dir):

@@ -2,7 +2,11 @@
 
 import pytest
 
+from reasonloop.core import read_jsonl
+from reasonloop.recipes.common import draw_problems
 from reasonloop.recipes.rft import RftConfig, most_distinct, run_rft
+
+from .conftest import greedy_accuracy_of
 
 
 def test_most_distinct_is_farthest_first():
@@ -27,12 +31,32 @@ def test_rft_runs_and_resumes(tmp_path, solver_tiny_dir, dedup):
         max_paths=3,
     )
     state = run_rft(cfg, tmp_path / "run", log=lambda s: None)
-    assert state["problems_solved"] > 0 and 0 <= state["accuracy"] <= 1
-    assert state["distinct_correct_paths"] <= state["correct_samples"]
-    if dedup:
-        assert state["training_paths"] <= state["distinct_correct_paths"]
-    else:
-        assert state["training_paths"] >= state["problems_solved"]  # repeats of a path may be kept
+    assert state["problems_solved"] > 0
+    # the counts, from the samples file: correct samples per problem, their distinct step lists, and what training
+    # keeps (farthest-first dedup keeps every distinct path up to max_paths; without dedup, the first max_paths)
+    task, train, test = draw_problems(cfg)
+    by_id = {p.id: p for p in train}
+    right: dict[str, list] = {}
+    for rec in read_jsonl(tmp_path / "run" / "samples" / "samples.jsonl"):
+        assert rec["reward"] == float(task.is_correct(by_id[rec["problem_id"]], rec["text"]))
+        if rec["reward"] == 1.0:
+            right.setdefault(rec["problem_id"], []).append(tuple(rec["steps"]))
+    distinct = {pid: len(set(v)) for pid, v in right.items()}
+    assert state["problems_solved"] == len(right)
+    assert state["correct_samples"] == sum(len(v) for v in right.values())
+    assert state["distinct_correct_paths"] == sum(distinct.values())
+    kept = distinct if dedup else {pid: len(v) for pid, v in right.items()}
+    assert state["training_paths"] == sum(min(n, cfg.max_paths) for n in kept.values())
+    # every kept path reached the right answer; those whose steps the world's exact check rejects are counted
+    assert 0 <= state["training_paths_with_wrong_step"] <= state["training_paths"]
+    if not dedup:  # without dedup the kept paths are the first max_paths right samples: count them here
+        flawed = sum(
+            task.first_error(by_id[pid], list(s)) is not None for pid, v in right.items() for s in v[: cfg.max_paths]
+        )
+        assert state["training_paths_with_wrong_step"] == flawed
+    assert state["base_accuracy"] == greedy_accuracy_of(solver_tiny_dir, task, test, cfg.max_new_tokens)
+    ckpt = tmp_path / "run" / "checkpoints" / "final"
+    assert state["accuracy"] == greedy_accuracy_of(ckpt, task, test, cfg.max_new_tokens)
     assert (tmp_path / "run" / "report.md").read_text().startswith("# RFT")
     assert run_rft(cfg, tmp_path / "run", log=lambda s: None) == state  # a finished run is not redone
 

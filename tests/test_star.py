@@ -12,7 +12,10 @@ import pytest
 
 from reasonloop.core import ConfigError, read_jsonl
 from reasonloop.recipes import StarConfig, run_star
+from reasonloop.recipes.common import draw_problems
 from reasonloop.recipes.star import select_rationales
+
+from .conftest import greedy_accuracy_of
 
 
 def tiny_cfg(model_dir, **kw):
@@ -31,9 +34,27 @@ def tiny_cfg(model_dir, **kw):
 
 
 def test_star_runs_and_reports(tmp_path, solver_tiny_dir):
-    res = run_star(tiny_cfg(solver_tiny_dir), tmp_path / "run", log=lambda s: None)
-    assert len(res["rounds"]) == 2 and 0 <= res["final_accuracy"] <= 1
+    cfg = tiny_cfg(solver_tiny_dir)
+    res = run_star(cfg, tmp_path / "run", log=lambda s: None)
+    assert len(res["rounds"]) == 2
     run = tmp_path / "run"
+    # every accuracy is the greedy accuracy of that round's checkpoint, decoded and graded again here
+    task, _, test = draw_problems(cfg)
+    assert res["base_accuracy"] == greedy_accuracy_of(solver_tiny_dir, task, test, cfg.max_new_tokens)
+    for r in res["rounds"]:
+        ckpt = run / "checkpoints" / f"round{r['round']}"
+        assert r["held_out_accuracy"] == greedy_accuracy_of(ckpt, task, test, cfg.max_new_tokens), r
+    assert res["final_accuracy"] == res["rounds"][-1]["held_out_accuracy"]
+    assert res["best_accuracy"] == max([res["base_accuracy"]] + [r["held_out_accuracy"] for r in res["rounds"]])
+    # round 1's rationales: the distinct correct samples of each problem, at most keep_per_problem of them
+    by_id = {p.id: p for p in draw_problems(cfg)[1]}
+    right: dict[str, set] = {}
+    for rec in read_jsonl(run / "samples" / "round1-plain.jsonl"):
+        assert rec["reward"] == float(task.is_correct(by_id[rec["problem_id"]], rec["text"]))
+        if rec["reward"] == 1.0:
+            right.setdefault(rec["problem_id"], set()).add(rec["text"])
+    assert res["rounds"][0]["train_solved_plain"] == len(right)
+    assert res["rounds"][0]["rationales_plain"] == sum(min(len(v), cfg.keep_per_problem) for v in right.values())
     assert (run / "report.md").read_text().startswith("# STaR")
     assert (run / "plots" / "accuracy_per_round.png").stat().st_size > 0
     assert (run / "checkpoints" / "round2" / "config.json").exists()
@@ -64,6 +85,7 @@ def test_select_rationales_keeps_distinct_correct_ones():
 SCRIPT = """
 import sys
 from reasonloop.recipes import StarConfig, run_star
+from reasonloop.recipes.common import draw_problems
 cfg = StarConfig(model=sys.argv[1], n_train=int(sys.argv[3]), n_eval=4, rounds=1, samples=4, max_new_tokens=24,
                  epochs=float(sys.argv[4]), batch_size=2, max_batch=4)
 run_star(cfg, sys.argv[2], log=lambda s: None)

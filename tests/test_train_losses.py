@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from reasonloop.train import dpo_loss, encode_pairs, sequence_logprobs, sft_loss
+from reasonloop.train.losses import token_logprobs
 
 from .conftest import tiny_model
 
@@ -114,3 +115,51 @@ def test_sequence_logprobs_match_the_engine(char_tokenizer):
         )
     engine = HFEngine(model, char_tokenizer).logprobs(["Q: 1+2\n", "Q: 7\n"], ["1+2=3\nA: 3", "A: 7"])
     assert ours.tolist() == pytest.approx([sum(x) for x in engine], abs=1e-4)
+
+
+def test_token_and_sequence_logprobs_hand_values():
+    # V = 4, T = 4. Position t predicts token t + 1; logits favour a different token at each position.
+    ids = torch.tensor([[0, 2, 1, 3]])
+    logits = torch.zeros(1, 4, 4)
+    logits[0, 0, 2] = math.log(5)  # p(2) = 5/8
+    logits[0, 1, 3] = math.log(3)  # p(1) = 1/6 (token 3 takes 3/6)
+    logits[0, 2, 3] = math.log(2)  # p(3) = 2/5
+    logits[0, 3] = 50.0  # the last position predicts nothing
+    expected = [math.log(5 / 8), math.log(1 / 6), math.log(2 / 5)]
+    assert token_logprobs(logits, ids)[0].tolist() == pytest.approx(expected, abs=1e-6)
+    # completion = tokens 2 and 3 (mask on positions 2, 3): their predictions are positions 1 and 2
+    mask = torch.tensor([[0, 0, 1, 1]])
+    assert sequence_logprobs(logits, ids, mask).item() == pytest.approx(expected[1] + expected[2], abs=1e-6)
+    loss, m = sft_loss(logits, ids, mask)
+    assert loss.item() == pytest.approx(-(expected[1] + expected[2]) / 2, abs=1e-6)
+    assert m == pytest.approx({"sft_nll": loss.item(), "tokens": 2.0})
+
+
+def test_sft_loss_with_no_completion_token_is_zero_not_nan():
+    ids = torch.tensor([[0, 1, 2]])
+    loss, m = sft_loss(torch.randn(1, 3, 3), ids, torch.zeros(1, 3, dtype=torch.long))
+    assert loss.item() == 0.0 and m["tokens"] == 1.0  # the count is clamped to 1 so the mean is defined
+    # one completion token: the mean is that token's NLL (a clamp above 1 would halve it)
+    logits = torch.zeros(1, 3, 3)
+    loss, m = sft_loss(logits, ids, torch.tensor([[0, 0, 1]]))
+    assert loss.item() == pytest.approx(math.log(3)) and m["tokens"] == 1.0
+
+
+def test_dpo_metrics_over_a_batch_and_the_default_beta():
+    # rewards (beta 0.1): chosen 0.1 * (0 - -1) = 0.1 and 0.1 * (-2 - -2) = 0; rejected 0.1 * (-1 - 0) = -0.1 and 0
+    pc, pr = torch.tensor([0.0, -2.0]), torch.tensor([-1.0, -3.0])
+    rc, rr = torch.tensor([-1.0, -2.0]), torch.tensor([0.0, -3.0])
+    loss, m = dpo_loss(pc, pr, rc, rr)
+    margins = [0.2, 0.0]
+    expected = sum(math.log(1 + math.exp(-x)) for x in margins) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert m == pytest.approx(
+        {
+            "dpo_loss": expected,
+            "reward_chosen": 0.05,
+            "reward_rejected": -0.05,
+            "reward_margin": 0.1,
+            "reward_accuracy": 0.5,  # a zero margin is not a win
+        },
+        abs=1e-6,
+    )

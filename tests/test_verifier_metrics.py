@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from reasonloop.eval.verifier_metrics import auroc, best_threshold, error_step_f1, predicted_first_error
+from reasonloop.eval.verifier_metrics import auroc, auroc_or_none, best_threshold, error_step_f1, predicted_first_error
 from reasonloop.tasks import ArithTask
 from reasonloop.tasks.arith import parse_expression
 from reasonloop.verifiers.aggregate import STEP_AGGREGATES, aggregate_steps
@@ -174,3 +174,28 @@ def test_oracle_process_verifier_on_arith_gets_f1_one():
     predicted = [predicted_first_error(scores, 0.5) for scores in oracle]
     assert error_step_f1(predicted, truth)["f1"] == 1.0
     assert best_threshold(oracle, truth) == 1.0  # the smallest observed score that flags the zeros
+
+
+def test_error_messages_are_exact():
+    with pytest.raises(ValueError, match=r"^auroc: labels must be 0 or 1$"):
+        auroc([0.1, 0.2], [2, 0])
+    with pytest.raises(ValueError, match=r"^auroc: 2 scores but 3 labels$"):
+        auroc([0.1, 0.2], [1, 0, 1])
+    with pytest.raises(ValueError, match=r"^auroc needs both classes, got 2 positives and 0 negatives$"):
+        auroc([0.1, 0.2], [1, 1])
+    with pytest.raises(ValueError, match=r"^best_threshold: 1 score lists but 2 true indices$"):
+        best_threshold([[0.5]], [None, 0])
+    with pytest.raises(ValueError, match=r"^best_threshold needs at least one step score$"):
+        best_threshold([[], []], [None, 0])
+    with pytest.raises(ValueError, match=r"^best_threshold needs both classes, got 0 erroneous and 2 correct samples$"):
+        best_threshold([[0.5], [0.2]], [None, None])
+    with pytest.raises(ValueError, match=r"^error_step_f1: 1 predictions but 2 true indices$"):
+        error_step_f1([None], [None, 1])
+
+
+def test_auroc_or_none_is_auroc_whenever_both_classes_are_present():
+    # one positive among three (0 < sum < len at its lower edge): it outscores one negative of two -> 1/2
+    assert auroc_or_none([0.5, 0.9, 0.1], [1, 0, 0]) == pytest.approx(0.5)
+    # one negative among three (the upper edge): both positives outscore it -> 1
+    assert auroc_or_none([0.5, 0.9, 0.1], [1, 1, 0]) == 1.0
+    assert auroc_or_none([0.5, 0.9], [0, 0]) is None and auroc_or_none([0.5, 0.9], [1, 1]) is None

@@ -4,10 +4,13 @@ import json
 
 import pytest
 
-from reasonloop.core import ReasonloopError
+from reasonloop.core import ReasonloopError, read_jsonl
 from reasonloop.recipes.scale import ScaleConfig, run_scale
 from reasonloop.recipes.verifiers import VerifiersConfig, run_verifiers
+from reasonloop.tasks import ArithTask
 from reasonloop.verifiers.registry import load_verifier, write_manifest
+
+from .conftest import top_reward, vote_credit
 
 
 @pytest.mark.filterwarnings("ignore:.*dropped a torn last line")
@@ -18,9 +21,21 @@ def test_verifiers_then_scale_end_to_end(tmp_path, solver_tiny_dir, capsys):
     )  # fmt: skip
     res = run_verifiers(cfg, tmp_path / "v", log=lambda s: None)
     assert set(res["verifiers"]) == {"orm", "prm", "pav", "bt", "dpo", "genrm"}
-    for r in res["verifiers"].values():
-        assert len(r["best_of_n"]) == 4 and all(0 <= a <= 1 for a in r["best_of_n"])
-        assert r["best_of_n"][0] == res["majority_vote"][0]  # one sample: every rule picks it
+    # the curves from the held-out samples file (6 problems x 4, problem-major) and each verifier's own scores
+    held = list(read_jsonl(tmp_path / "v" / "samples" / "heldout.jsonl"))
+    groups = [held[i : i + 4] for i in range(0, 24, 4)]
+    assert len(held) == 24 and all(len({r["problem_id"] for r in g}) == 1 for g in groups)
+    assert res["majority_vote"] == pytest.approx([sum(vote_credit(g[:n]) for g in groups) / 6 for n in range(1, 5)])
+    test = ArithTask().problems("test", 6, seed=cfg.seed)
+    for kind in ("orm", "prm", "pav", "bt", "dpo"):  # deterministic scorers (GenRM samples its verifications)
+        scores = load_verifier(tmp_path / "v" / kind).score_many(
+            [p.prompt for p in test for _ in range(4)], [r["steps"] or [""] for r in held]
+        )
+        best = [
+            sum(top_reward(g[:n], scores[4 * i : 4 * i + n]) for i, g in enumerate(groups)) / 6 for n in range(1, 5)
+        ]
+        assert res["verifiers"][kind]["best_of_n"] == pytest.approx(best), kind
+    assert res["verifiers"]["genrm"]["best_of_n"][0] == res["majority_vote"][0]  # one sample: every rule picks it
     report = (tmp_path / "v" / "report.md").read_text()
     assert "Error-step identification" in report and (tmp_path / "v" / "plots" / "best_of_n.png").stat().st_size > 0
     # every kind loads from its directory and scores partial solutions
@@ -41,7 +56,34 @@ def test_verifiers_then_scale_end_to_end(tmp_path, solver_tiny_dir, capsys):
     out = run_scale(scfg, tmp_path / "s", log=lambda s: None)
     assert len(out["cells"]) == 4 * 2 * 2
     assert [p["budget"] for p in out["curves"]["beam"]] == [1, 4]
-    assert all(p["accuracy_min"] <= p["accuracy"] <= p["accuracy_max"] for ps in out["curves"].values() for p in ps)
+    # every curve point from the cell files: each row's solution graded again, then mean, min and max over seeds
+    task, problems = ArithTask(), {p.id: p for p in ArithTask().problems("test", 4, seed=0)}
+    for strategy, points in out["curves"].items():
+        for point in points:
+            accs = []
+            for seed in (0, 1):
+                rows = [json.loads(x) for x in (tmp_path / "s" / "samples" / f"{strategy}-b{point['budget']}-s{seed}.jsonl")
+                        .read_text().splitlines()]  # fmt: skip
+                assert sorted(r["problem_id"] for r in rows) == sorted(problems)
+                for r in rows:
+                    assert r["correct"] == (
+                        r["answer"] is not None and task.is_correct(problems[r["problem_id"]], r["text"])
+                    )
+                    assert r["answer"] == task.extract_answer(r["text"])
+                accs.append(sum(r["correct"] for r in rows) / 4)
+            assert (point["accuracy"], point["accuracy_min"], point["accuracy_max"]) == pytest.approx(
+                (sum(accs) / 2, min(accs), max(accs))
+            ), (strategy, point)
+    # at budget 1 majority vote and best-of-N draw the same single sample with the same seed: the same answer
+    for seed in (0, 1):
+        texts = [
+            [
+                json.loads(x)["text"]
+                for x in (tmp_path / "s" / "samples" / f"{s}-b1-s{seed}.jsonl").read_text().splitlines()
+            ]
+            for s in ("majority", "best_of_n")
+        ]
+        assert texts[0] == texts[1]
     assert (tmp_path / "s" / "plots" / "accuracy_vs_tokens.png").stat().st_size > 0
     lines = (tmp_path / "s" / "samples" / "beam-b4-s1.jsonl").read_text().splitlines()
     assert len(lines) == 4 and {"generator_tokens", "verifier_tokens", "kept"} <= set(json.loads(lines[0]))

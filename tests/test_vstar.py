@@ -2,7 +2,14 @@
 
 import json
 
+import pytest
+
+from reasonloop.core import read_jsonl
 from reasonloop.recipes import VStarConfig, run_vstar
+from reasonloop.recipes.common import draw_problems
+from reasonloop.verifiers import DpoVerifier
+
+from .conftest import top_reward, vote_credit
 
 
 def test_vstar_runs_reports_and_resumes(tmp_path, solver_tiny_dir, capsys):
@@ -12,10 +19,27 @@ def test_vstar_runs_reports_and_resumes(tmp_path, solver_tiny_dir, capsys):
     )  # fmt: skip
     res = run_vstar(cfg, tmp_path / "run", log=lambda s: None)
     assert res["pairs"] > 0  # the solver gets some problems right and some wrong
-    for curve in res["curves"].values():
-        assert len(curve) == 4 and all(0 <= a <= 1 for a in curve)
-    assert res["maj@4"] == res["curves"]["majority_vote"][-1]
     run = tmp_path / "run"
+    # the curves, recomputed from the held-out samples file: 6 problems x 4 samples, problem-major
+    held = list(read_jsonl(run / "samples" / "heldout.jsonl"))
+    groups = [held[i : i + 4] for i in range(0, 24, 4)]
+    assert len(held) == 24 and all(len({r["problem_id"] for r in g}) == 1 for g in groups)
+    vote = [sum(vote_credit(g[:n]) for g in groups) / 6 for n in range(1, 5)]
+    assert res["curves"]["majority_vote"] == pytest.approx(vote) and res["maj@4"] == pytest.approx(vote[-1])
+    first = sum(g[0]["reward"] for g in groups) / 6  # one sample: every rule takes it
+    assert vote[0] == pytest.approx(first) and res["curves"]["verifier_best_of_n"][0] == pytest.approx(first)
+    # best-of-n with the trained verifier's scores (policy against its starting point, the final generator)
+    verifier = DpoVerifier.from_dirs(run / "verifier" / "policy", run / "star" / "checkpoints" / "round1")
+    task, _, test = draw_problems(cfg)
+    scores = verifier.score_completions([p.prompt for p in test for _ in range(4)], [r["text"] for r in held])
+    best = [sum(top_reward(g[:n], scores[4 * i : 4 * i + n]) for i, g in enumerate(groups)) / 6 for n in range(1, 5)]
+    assert res["curves"]["verifier_best_of_n"] == pytest.approx(best)
+    assert res["verifier_best_of_4"] == pytest.approx(best[-1])
+    pos = [s for s, r in zip(scores, held) if r["reward"] == 1.0]
+    neg = [s for s, r in zip(scores, held) if r["reward"] != 1.0]
+    if pos and neg:  # AUROC: the share of (right, wrong) pairs the verifier orders right, ties half
+        wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+        assert res["verifier_auroc"] == pytest.approx(wins / (len(pos) * len(neg)), abs=1e-9)
     assert (run / "plots" / "accuracy_vs_n.png").stat().st_size > 0
     assert "verifier best-of-4" in (run / "report.md").read_text()
     assert json.loads((run / "results.json").read_text())["pairs"] == res["pairs"]

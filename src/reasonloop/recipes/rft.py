@@ -98,12 +98,17 @@ def run_rft(cfg: RftConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=p
                 correct.setdefault(s.problem_id, []).append(s)
         pairs: list[tuple[str, str]] = []
         distinct = 0
+        # a right answer reached through a wrong step, where the world can tell (its exact step check)
+        first_error = getattr(task, "first_error", None)
+        flawed = 0
         for pid, ss in correct.items():
             chosen = (
                 most_distinct([s.steps for s in ss], cfg.max_paths) if cfg.dedup else range(min(cfg.max_paths, len(ss)))
             )
             pairs += [(by_id[pid].prompt, ss[i].text) for i in chosen]
             distinct += len({tuple(s.steps) for s in ss})
+            if first_error is not None:
+                flawed += sum(first_error(by_id[pid], ss[i].steps) is not None for i in chosen)
         if not pairs:
             raise ReasonloopError(
                 f"no correct solution among {cfg.k} samples of {len(train_problems)} problems: nothing to train on "
@@ -121,6 +126,7 @@ def run_rft(cfg: RftConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=p
             correct_samples=sum(len(v) for v in correct.values()),
             distinct_correct_paths=distinct,
             training_paths=len(pairs),
+            training_paths_with_wrong_step=flawed if first_error is not None else None,
         )
         run.log_metrics(**state)
     log(
@@ -142,8 +148,16 @@ def run_rft(cfg: RftConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=p
                 f"| training problems solved | {state['problems_solved']} of {cfg.n_train} |",
                 f"| correct samples / distinct correct paths | {state['correct_samples']} / {state['distinct_correct_paths']} |",
                 f"| paths trained on | {state['training_paths']} |",
+                f"| of them with a wrong step (the world's exact step check) | {_share(state)} |",
                 "",
             ]
         ),
     )
     return state
+
+
+def _share(state: dict[str, Any]) -> str:
+    flawed = state.get("training_paths_with_wrong_step")
+    if flawed is None:
+        return "n/a"
+    return f"{flawed} ({100 * flawed / state['training_paths']:.1f}%)"

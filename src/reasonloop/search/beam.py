@@ -89,8 +89,6 @@ def beam_search(
                 beams.append(path)
                 if value > best_partial[1]:
                     best_partial = (path, value)
-            if len(beams) >= beam_width and len(finished) >= beam_width:
-                break
         if len(finished) >= beam_width:
             break
     if finished:
