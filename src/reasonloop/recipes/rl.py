@@ -76,6 +76,7 @@ from reasonloop.train.rollout import (
     RolloutBatch,
     completion_logits,
     completion_logprobs,
+    disable_dropout,
     rollout_batch,
     token_logprobs_of,
 )
@@ -184,6 +185,7 @@ class RLRun:
     def __init__(self, cfg: RLConfig, start: Path, ckpt_dir: Path):
         self.cfg = cfg
         policy, self.tokenizer = load_model(start)
+        disable_dropout(policy)  # the trainer leaves the model in training mode; sampling must not be noisier
         if cfg.lora is not None:
             policy = add_lora(policy, cfg.lora)
         self.policy = policy
@@ -193,6 +195,8 @@ class RLRun:
         module, scales = policy, None
         if cfg.algorithm == "ppo":
             critic_backbone = None if cfg.critic.shared else load_model(start)[0]
+            if critic_backbone is not None:
+                disable_dropout(critic_backbone)
             module, scales = ActorCritic(policy, critic_backbone), {"critic.": cfg.critic.lr_scale}
         self.module = module
         train_cfg = TrainConfig(

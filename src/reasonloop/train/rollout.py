@@ -148,3 +148,16 @@ def token_logprobs_of(logits: torch.Tensor, batch: RolloutBatch) -> torch.Tensor
 def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
     """log pi(o_t | q, o_<t) of every sampled completion token under `model`. -> (B, T), 0 on padding."""
     return token_logprobs_of(completion_logits(model, batch, temperature), batch)
+
+
+def disable_dropout(model) -> None:
+    """Turn every dropout of `model` off, as TRL does for RL: the ratio pi_theta / pi_old compares the policy with
+    itself, which dropout noise would blur, and the model then behaves the same in training and eval mode."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):
+            m.attention_dropout = 0.0
+    cfg = getattr(unwrap(model), "config", None)
+    if cfg is not None and getattr(cfg, "attention_dropout", 0.0):
+        cfg.attention_dropout = 0.0
