@@ -42,21 +42,13 @@ print(loaded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def model_dir(root: Path) -> tuple[Path, int]:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """The 8-layer, width-512 Llama this bench measures, and its parameter count."""
+    from bench_rl_step import tiny_model_dir
 
-    from reasonloop.models import build_tokenizer, save_model
+    from reasonloop.models import load_model
 
-    tok = build_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-        num_key_value_heads=4, max_position_embeddings=256, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-    )  # fmt: skip
-    model = LlamaForCausalLM(cfg)
-    n = sum(p.numel() for p in model.parameters())
-    return save_model(model, tok, root / "model"), n
+    path = tiny_model_dir(root, hidden=512, layers=8, mlp=1408, heads=8)
+    return path, sum(p.numel() for p in load_model(path)[0].parameters())
 
 
 def main() -> int:

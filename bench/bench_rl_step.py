@@ -32,16 +32,16 @@ from reasonloop.tasks import ArithTask
 SETTINGS = [(2, 4, 8), (8, 8, 32)]  # (prompts, group size, completion tokens)
 
 
-def tiny_model_dir(root: Path) -> Path:
-    """A small random Llama over the nano tokenizer (4 layers, width 128), saved like any checkpoint."""
+def tiny_model_dir(root: Path, hidden: int = 128, layers: int = 4, mlp: int = 256, heads: int = 4) -> Path:
+    """A small random Llama over the nano tokenizer (4 layers, width 128 by default), saved like any checkpoint."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = build_tokenizer()
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads // 2, max_position_embeddings=256,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
     )  # fmt: skip
     return save_model(LlamaForCausalLM(cfg), tok, root / "model")
 
