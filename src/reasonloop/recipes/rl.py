@@ -57,6 +57,7 @@ from reasonloop.engine import HFEngine
 from reasonloop.eval import greedy_accuracy, save_line_plot
 from reasonloop.models import load_model, save_model
 from reasonloop.recipes.common import BarFactory, no_bar, start_run
+from reasonloop.recipes.process_rewards import ProcessReward
 from reasonloop.tasks import get_task
 from reasonloop.train import TrainConfig, Trainer, TrainingError, shuffled_batch
 from reasonloop.train import advantages as adv
@@ -83,6 +84,7 @@ from reasonloop.train.rollout import (
 
 ALGORITHMS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "ppo")
 GROUP_BASELINES = {"grpo": adv.grpo_advantages, "dr_grpo": adv.dr_grpo_advantages, "rloo": adv.rloo_advantages}
+PROCESS_REWARDS = ("none", "prm", "pav")
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,25 @@ class CriticConfig:
     clip: float = bounded(0.2, gt=0)  # value clipping range around the values at sampling time
     gamma: float = bounded(1.0, ge=0, le=1)  # discount
     lam: float = bounded(0.95, ge=0, le=1)  # GAE lambda
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Dense process rewards from a trained verifier, on top of the grader's outcome reward (see `docs/rl.md`)."""
+
+    process: str = "none"  # none; prm (the value after each step); pav (the prover's advantage of each step)
+    verifier: str = ""  # the verifier's directory, from `reasonloop verifiers` (RUN/prm or RUN/pav)
+    alpha: float = bounded(1.0, ge=0)  # weight of the step rewards against the outcome reward
+    refresh_every: int = bounded(0, ge=0)  # 0: the verifier stays frozen; k: refit it every k steps
+    refresh_samples: int = bounded(64, ge=1)  # completions of the refresh step that are Monte-Carlo labelled
+    refresh_rollouts: int = bounded(4, ge=1)  # rollouts per step prefix for those labels
+    prover_k: int = bounded(4, ge=1)  # a refreshed PAV's prover: best-of-k of the current policy
+
+    def __post_init__(self) -> None:
+        if self.process not in PROCESS_REWARDS:
+            raise ValueError(f"process: unknown {self.process!r}; expected one of {', '.join(PROCESS_REWARDS)}")
+        if self.process != "none" and not self.verifier:
+            raise ValueError(f"verifier: process rewards '{self.process}' need a verifier directory")
 
 
 @dataclass(frozen=True)
@@ -129,6 +150,7 @@ class RLConfig:
     seed: int = bounded(0, ge=0)  # problems, sampling and training derive from this
     lora: LoraSettings | None = None  # train LoRA adapters only (e.g. lora: {r: 16}); None: every weight
     critic: CriticConfig = field(default_factory=CriticConfig)  # PPO only
+    reward: RewardConfig = field(default_factory=RewardConfig)  # dense step rewards from a verifier
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -182,7 +204,7 @@ def rewards_of(grader: Grader, problems: list[Problem], groups: list[list[Sample
 class RLRun:
     """The models, optimiser and references of one run, set up once (resuming from the last checkpoint)."""
 
-    def __init__(self, cfg: RLConfig, start: Path, ckpt_dir: Path):
+    def __init__(self, cfg: RLConfig, start: Path, ckpt_dir: Path, delimiter: str = "\n"):
         self.cfg = cfg
         policy, self.tokenizer = load_model(start)
         disable_dropout(policy)  # the trainer leaves the model in training mode; sampling must not be noisier
@@ -206,6 +228,11 @@ class RLRun:
         self.trainer = Trainer(module, self.tokenizer, train_cfg, out_dir=ckpt_dir, lr_scales=scales)
         self.engine = HFEngine(policy, self.tokenizer, max_batch=cfg.max_batch, name=str(start))
         self.aggregate = AGGREGATES[cfg.aggregate](cfg.max_new_tokens)
+        self.process = None  # dense step rewards: the latest refit of the verifier when resuming
+        if cfg.reward.process != "none":
+            directory = self.trainer.extra.get("verifier_dir", cfg.reward.verifier)
+            self.process = ProcessReward(cfg.reward.process, directory, delimiter)
+        self.last_rollout: tuple[list[Problem], list[Sample]] = ([], [])  # the last step's (problem, sample) pairs
 
     @property
     def done_steps(self) -> int:
@@ -250,8 +277,21 @@ class RLRun:
             metrics.update(v_metrics)
         return loss, metrics
 
-    def advantages(self, batch: RolloutBatch, rewards: torch.Tensor) -> dict[str, float]:
-        """Fill `batch.advantages` (and the critic's targets for PPO) from the outcome `rewards` (N,)."""
+    def advantages(
+        self,
+        batch: RolloutBatch,
+        rewards: torch.Tensor,
+        step_rewards: torch.Tensor | None = None,
+        step_mask: torch.Tensor | None = None,
+    ) -> dict[str, float]:
+        """Fill `batch.advantages` (and the critic's targets for PPO) from the outcome `rewards` (N,) and, when
+        given, dense step rewards (B, T) on the tokens `step_mask` marks:
+
+            GRPO / Dr. GRPO / RLOO:  A_t = A_outcome + alpha * sum_{steps j ending at or after t} r~_j
+                                     (r~: step rewards normalised over the group, `process_advantages`)
+            REINFORCE++, PPO:        r_t = outcome on the last token + alpha * step reward on step-end tokens,
+                                     into the return-to-go (REINFORCE++) or the TD errors (GAE)
+        """
         cfg, mask = self.cfg, batch.mask
         last = mask.sum(dim=1).long() - 1  # (B,) index of each completion's last token
         token_rewards = torch.zeros_like(mask)
@@ -262,10 +302,17 @@ class RLRun:
             info = {"kl_k1": token_mean(k1, mask).item(), "kl_k3": token_mean(k3, mask).item()}
             if cfg.kl_in == "reward":
                 token_rewards = token_rewards - cfg.kl_coef * k1 * mask
+        dense = step_rewards is not None and step_mask is not None
         if cfg.algorithm in GROUP_BASELINES:
             seq = GROUP_BASELINES[cfg.algorithm](adv.sequence_rewards(token_rewards, mask), cfg.group_size)
             batch.advantages = adv.broadcast_to_tokens(seq, mask)
-        elif cfg.algorithm == "reinforce_pp":
+            if dense:
+                steps = adv.process_advantages(step_rewards, step_mask, mask, cfg.group_size, cfg.algorithm == "grpo")
+                batch.advantages = batch.advantages + cfg.reward.alpha * steps
+            return info
+        if dense:
+            token_rewards = token_rewards + cfg.reward.alpha * step_rewards * mask
+        if cfg.algorithm == "reinforce_pp":
             batch.advantages = adv.reinforce_pp_advantages(token_rewards, mask)
         else:
             with torch.no_grad():
@@ -315,7 +362,17 @@ class RLRun:
                 batch.old_logprobs = completion_logprobs(self.policy, batch, cfg.temperature)
         if cfg.kl_coef > 0:
             batch.ref_logprobs = self.reference_logprobs(batch)
-        info = self.advantages(batch, rewards)
+        step_rewards = step_mask = None
+        verifier_tokens = 0
+        if self.process is not None:
+            before = self.process.tokens_scored
+            prompts = [p.prompt for p in problems for _ in range(cfg.group_size)]
+            step_rewards, step_mask = self.process.step_rewards(
+                self.tokenizer, samples, prompts, batch.completion_length
+            )
+            verifier_tokens = self.process.tokens_scored - before
+        info = self.advantages(batch, rewards, step_rewards, step_mask)
+        self.last_rollout = ([p for p in problems for _ in range(cfg.group_size)], samples)
         t2 = time.perf_counter()
         updated = self.update(batch, step)
         t_update = time.perf_counter() - t2
@@ -324,6 +381,12 @@ class RLRun:
             **info,
             **updated,
             "tokens_generated": generated,
+            "verifier_tokens": verifier_tokens,
+            **(
+                {"step_reward_mean": (step_rewards * step_mask).sum().item() / max(1.0, step_mask.sum().item())}
+                if step_rewards is not None
+                else {}
+            ),  # fmt: skip
             "rollout_s": t_rollout,
             "grade_s": t1 - t0 - t_rollout,
             "prep_s": t2 - t1,
@@ -339,10 +402,10 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=pri
     grader = load_reward(cfg, get_task(cfg.task))  # a grader file that does not load fails here, before anything
     setup = start_run(cfg, run_dir)
     run, task = setup.run, setup.task
-    rl = RLRun(cfg, setup.model, run.checkpoint("train"))
+    rl = RLRun(cfg, setup.model, run.checkpoint("train"), task.step_delimiter)
     records = _metrics_through(run.path / "metrics.jsonl", rl.done_steps)
-    extra = rl.trainer.extra
-    tokens_sampled, seconds = int(extra.get("tokens_sampled", 0)), float(extra.get("seconds", 0.0))
+    # compute so far: generator tokens sampled for training, verifier tokens read, refit rollouts; wall seconds
+    totals = {k: rl.trainer.extra.get(k, 0) for k in ("tokens_sampled", "tokens_verifier", "tokens_refresh", "seconds")}
 
     def evaluate() -> float:
         return greedy_accuracy(rl.engine, grader, setup.test, cfg.max_new_tokens)
@@ -357,15 +420,28 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=pri
             t0 = time.perf_counter()
             problems = [setup.train[i] for i in shuffled_batch(step, len(setup.train), cfg.prompts_per_step, cfg.seed)]
             record = rl.train_step(problems, grader, task.step_delimiter, step)
-            tokens_sampled += record["tokens_generated"]
-            record = {"step": step + 1, **record, "tokens_sampled": tokens_sampled}
+            totals["tokens_sampled"] += record["tokens_generated"]
+            totals["tokens_verifier"] += record["verifier_tokens"]
+            if rl.process is not None and cfg.reward.refresh_every and (step + 1) % cfg.reward.refresh_every == 0:
+                before = rl.engine.counts.generated
+                r = cfg.reward
+                rl.process.refresh(
+                    rl.engine, grader, *rl.last_rollout, run.checkpoint(f"verifier-step{step + 1}"),
+                    n_samples=r.refresh_samples, rollouts=r.refresh_rollouts, prover_k=r.prover_k,
+                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + step + 500_000,
+                )  # fmt: skip
+                totals["tokens_refresh"] += rl.engine.counts.generated - before
+            record = {"step": step + 1, **record, **{k: v for k, v in totals.items() if k != "seconds"}}
             if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
                 record["held_out_accuracy"] = evaluate()
-            seconds += time.perf_counter() - t0
-            record["seconds"] = seconds  # wall time of the run so far, evaluations included
+            totals["seconds"] += time.perf_counter() - t0
+            record["seconds"] = totals["seconds"]  # wall time of the run so far, evaluations included
             records.append(_log(run, record))
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                rl.trainer.save({"rl_step": step + 1, "tokens_sampled": tokens_sampled, "seconds": seconds})
+                state = {"rl_step": step + 1, **totals}
+                if rl.process is not None:
+                    state["verifier_dir"] = str(rl.process.directory)
+                rl.trainer.save(state)
             acc = f" | held-out {100 * record['held_out_accuracy']:.1f}%" if "held_out_accuracy" in record else ""
             advance(status=f"reward {record['reward_mean']:.2f} | kl {record.get('kl_k3', 0.0):.3f}{acc}")
     final = run.checkpoint("final")
@@ -424,8 +500,11 @@ def write_report(path: Path, cfg: RLConfig, records: list[dict[str, Any]]) -> No
     acc = {"held-out greedy accuracy (%)": [100 * r["held_out_accuracy"] for r in evals]}
     save_line_plot(plots / "accuracy_vs_steps.png", [r["step"] for r in evals], acc,
                    xlabel="step", ylabel="accuracy (%)", title=f"{cfg.algorithm} on {cfg.task}", xticks=False)  # fmt: skip
-    save_line_plot(plots / "accuracy_vs_tokens.png", [r["tokens_sampled"] for r in evals], acc,
-                   xlabel="tokens sampled", ylabel="accuracy (%)", title=f"{cfg.algorithm} on {cfg.task}", xticks=False)  # fmt: skip
+    dense = cfg.reward.process != "none"
+    tokens = [r["tokens_sampled"] + r.get("tokens_verifier", 0) + r.get("tokens_refresh", 0) for r in evals]
+    save_line_plot(plots / "accuracy_vs_tokens.png", tokens, acc,
+                   xlabel="tokens (generator + verifier)" if dense else "tokens sampled", ylabel="accuracy (%)",
+                   title=f"{cfg.algorithm} on {cfg.task}", xticks=False)  # fmt: skip
     last = steps[-1] if steps else {}
     lines = [
         f"# {cfg.algorithm} on `{cfg.task}`",
@@ -433,11 +512,21 @@ def write_report(path: Path, cfg: RLConfig, records: list[dict[str, Any]]) -> No
         f"Start `{cfg.model}`; {cfg.steps} steps of {cfg.prompts_per_step} problems x {cfg.group_size} samples; "
         f"{cfg.epochs} epoch(s), mini-batch {cfg.minibatch_size or cfg.rows}; lr {cfg.lr}; KL coefficient "
         f"{cfg.kl_coef} (in the {cfg.kl_in}); loss aggregation {cfg.aggregate}; "
-        f"{'LoRA r=' + str(cfg.lora.r) if cfg.lora else 'full fine-tuning'}.",
+        f"{'LoRA r=' + str(cfg.lora.r) if cfg.lora else 'full fine-tuning'}; process rewards {cfg.reward.process}"
+        + (
+            f" (alpha {cfg.reward.alpha}, verifier `{cfg.reward.verifier}`, "
+            f"{'frozen' if not cfg.reward.refresh_every else f'refit every {cfg.reward.refresh_every} steps'})"
+            if dense
+            else ""
+        )
+        + ".",
         "",
-        "| step | tokens sampled | held-out greedy accuracy |",
-        "|---|---|---|",
-        *(f"| {r['step']} | {r['tokens_sampled']:,} | {100 * r['held_out_accuracy']:.1f}% |" for r in evals),
+        "| step | tokens sampled | verifier tokens | held-out greedy accuracy |",
+        "|---|---|---|---|",
+        *(
+            f"| {r['step']} | {r['tokens_sampled']:,} | {r.get('tokens_verifier', 0):,} | {100 * r['held_out_accuracy']:.1f}% |"
+            for r in evals
+        ),  # fmt: skip
         "",
         f"Last step: reward {last.get('reward_mean', float('nan')):.3f}, entropy {last.get('entropy', float('nan')):.3f}, "
         f"{last.get('rollout_tokens_per_s', 0):.0f} rollout tokens/s, {last.get('update_tokens_per_s', 0):.0f} update "

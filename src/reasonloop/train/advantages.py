@@ -17,6 +17,8 @@ advantage; token-level ones (REINFORCE++, GAE) use the rewards where they sit.
 - REINFORCE++ (Hu 2025): return-to-go normalised over the whole batch.
 - GAE (Schulman et al. 2016) over per-token rewards and critic values, with TD
   errors delta_t = r_t + gamma * V(t+1) - V(t), for PPO's actor-critic.
+- Dense process rewards (a PRM's values or a PAV's prover advantages at the
+  last token of each step) for the group estimators: `process_advantages`.
 """
 
 from __future__ import annotations
@@ -145,3 +147,46 @@ def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mean = (x * mask).sum() / n
     std = (((x - mean) ** 2 * mask).sum() / n).sqrt()
     return (x - mean) / (std + 1e-8) * mask
+
+
+def process_advantages(
+    step_rewards: torch.Tensor,  # (B, T) a step's reward on its last token, 0 elsewhere
+    step_mask: torch.Tensor,  # (B, T) 1 where a step ends (where a step reward sits)
+    mask: torch.Tensor,  # (B, T) 1 on real tokens
+    group_size: int,
+    scale_by_std: bool = True,
+) -> torch.Tensor:
+    """Per-token advantages from dense step rewards, for GRPO / Dr. GRPO / RLOO (added to the outcome's).
+
+    Process supervision with GRPO (Shao et al. 2024, sec. 4.1.3): every step
+    reward of a group (all steps of its G completions) is normalised by the
+    group's step rewards, and a token's advantage is the sum of the normalised
+    rewards of the steps that end at or after it:
+
+        r~_j = (r_j - mean_group(r)) / (std_group(r) + 1e-4)     (`scale_by_std`; else r_j - mean_group(r))
+        A_t  = sum_{steps j ending at or after t} r~_j
+
+    Why this choice: a step's reward credits only the tokens that led to it (the
+    return-to-go, as GAE with gamma = lambda = 1 and no critic), and subtracting
+    the group's mean step reward removes the pay for length: a solution does not
+    gain by writing more steps of average reward, which a plain sum of PRM values
+    (all positive) would reward. The recipe adds alpha times this to the
+    group-normalised outcome advantage of every token. (B, T) -> (B, T).
+
+    >>> r = torch.tensor([[0.0, 1.0, 0.0, 3.0], [0.0, 0.0, 2.0, 0.0]])   # two completions, one group
+    >>> m = torch.tensor([[0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]])   # steps end at t = 1, 3 and t = 2
+    >>> process_advantages(r, m, torch.ones(2, 4), 2, scale_by_std=False).tolist()   # mean step reward 2
+    [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    """
+    B, T = step_rewards.shape
+    if B % group_size:
+        raise ValueError(f"{B} completions do not split into groups of {group_size}")
+    r = step_rewards.view(-1, group_size * T)  # (P, G*T)
+    sm = step_mask.view(-1, group_size * T)
+    n = sm.sum(dim=1, keepdim=True)
+    mean = (r * sm).sum(dim=1, keepdim=True) / n.clamp(min=1.0)
+    normalised = (r - mean) * sm
+    if scale_by_std:
+        std = ((normalised**2).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1.0)).sqrt()
+        normalised = normalised / (std + STD_EPS)
+    return returns_to_go(normalised.view(B, T), mask)

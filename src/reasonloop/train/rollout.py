@@ -161,3 +161,44 @@ def disable_dropout(model) -> None:
     cfg = getattr(unwrap(model), "config", None)
     if cfg is not None and getattr(cfg, "attention_dropout", 0.0):
         cfg.attention_dropout = 0.0
+
+
+def step_char_ends(text: str, delimiter: str) -> list[int]:
+    """The end (exclusive) of each step of `text` in characters, for the steps `split_steps` gives (stripped,
+    empty ones dropped).
+
+    >>> step_char_ends("1+2=3\\n 3*4=12 \\n\\nA: 12", "\\n")
+    [5, 13, 21]
+    """
+    ends, at = [], 0
+    for part in text.split(delimiter):
+        if part.strip():
+            ends.append(at + len(part.rstrip()))
+        at += len(part) + len(delimiter)
+    return ends
+
+
+def step_end_tokens(tokenizer, token_ids: list[int], char_ends: list[int]) -> list[int]:
+    """For each character offset in the decoded completion, the index of the sampled token that completes it.
+
+    Found by decoding prefixes of the sampled ids (binary search per step), so it
+    holds for any tokenizer whose decoding of a prefix is a prefix of the text.
+    """
+    lengths: dict[int, int] = {}
+
+    def decoded(m: int) -> int:
+        if m not in lengths:
+            lengths[m] = len(tokenizer.decode(token_ids[:m], skip_special_tokens=True))
+        return lengths[m]
+
+    out, lo = [], 1
+    for end in char_ends:
+        hi = len(token_ids)
+        while lo < hi:  # the fewest tokens whose text reaches `end`
+            mid = (lo + hi) // 2
+            if decoded(mid) >= end:
+                hi = mid
+            else:
+                lo = mid + 1
+        out.append(lo - 1)
+    return out
