@@ -569,6 +569,7 @@ CONFIGS = {  # where each command's --set keys (or grader YAML keys) live
     "init": "reasonloop.recipes.nano:NanoConfig",
     "rl": "reasonloop.recipes.rl:RLConfig",
     "rl (critic.*)": "reasonloop.recipes.rl:CriticConfig",
+    "rl (reward.*)": "reasonloop.recipes.rl:RewardConfig",
     "star": "reasonloop.recipes.star:StarConfig",
     "rft": "reasonloop.recipes.rft:RftConfig",
     "vstar, demo": "reasonloop.recipes.vstar:VStarConfig",
