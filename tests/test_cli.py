@@ -578,6 +578,7 @@ CONFIGS = {  # where each command's --set keys (or grader YAML keys) live
     "scale": "reasonloop.recipes.scale:ScaleConfig",
     "--task-option, task=arith:...": "reasonloop.tasks.arith:ArithConfig",
     "--task-option, task=countdown:...": "reasonloop.tasks.countdown:CountdownConfig",
+    "--task-option, task=extract:...": "reasonloop.tasks.extract:ExtractConfig",
     **{f"grade (type: {t})": f"reasonloop.graders.registry:{t}" for t in ["python", "math", "numeric", "gsm8k"]},
     **{f"grade (type: {t})": f"reasonloop.graders.registry:{t}" for t in ["json_fields", "text_similarity", "model"]},
 }
@@ -590,6 +591,7 @@ TEXT_CHECKS = {  # what is checked for a flag that takes text ("command flag" ov
     "--model": "a model directory (config.json, a tokenizer, readable safetensors) or nano",
     "sample --output": "not a directory; an existing file must be one `sample` wrote; one writer at a time",
     "eval --output": "not a directory",
+    "problems --output": "not a directory",
     "grade --output": "not a directory; an existing file must grade the same input; one writer at a time",
     "--input": "an existing JSONL file of objects with `answer` and a string `completion`",
     "--grader": "a YAML mapping: a known `type` and its keys (below)",

@@ -255,6 +255,24 @@ def check_prompts(engine, problems) -> None:
             raise DataError(f"{where}: prompt is {n_tokens:,} tokens, longer than the model's context ({context:,})")
 
 
+# --- problems ------------------------------------------------------------------
+
+
+def cmd_problems(args: argparse.Namespace) -> int:
+    """A task's problems as a JSONL example file (the input of reinforcement fine-tuning, `rl --set data=`)."""
+    from reasonloop.core import atomic_write_text
+    from reasonloop.tasks.jsonl import to_example
+
+    out = Path(args.output)
+    if out.is_dir():
+        raise DataError(f"{out}: --output is a directory; give a JSONL file path")
+    task = _task_from_args(args)
+    problems = task.problems(args.split, args.num_problems, seed=args.seed)
+    atomic_write_text(out, "".join(json.dumps(to_example(p), ensure_ascii=False) + "\n" for p in problems))
+    _console().print(f"wrote {len(problems)} {args.split} problems of {task.name} to {out}")
+    return 0
+
+
 # --- demo ----------------------------------------------------------------------
 
 
@@ -386,8 +404,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _add_task_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="arith", help="arith, countdown, gsm8k or math (default: arith)")
-    p.add_argument("--data", help="JSONL file for the gsm8k and math tasks")
+    p.add_argument("--task", default="arith", help="arith, countdown, extract, gsm8k, math or jsonl (default: arith)")
+    p.add_argument("--data", help="JSONL file for the gsm8k, math and jsonl tasks")
     p.add_argument(
         "--task-option", action="append", metavar="KEY=VALUE", help="world knob, e.g. max_ops=5 (repeatable)"
     )
@@ -430,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gen_args(p, 4)
     p.add_argument("--output", required=True, help="JSONL file to append samples to")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("problems", help="write a task's problems to a JSONL example file (prompt, answer, fields)")
+    _add_task_args(p)
+    p.add_argument("--seed", type=ranged(int, ge=0), default=0, help="problem seed (default: 0)")
+    p.add_argument("--output", required=True, help="JSONL file to write (replaced)")
+    p.set_defaults(func=cmd_problems)
 
     p = sub.add_parser("eval", help="greedy accuracy, pass@k and maj@k of a model on a task")
     _add_task_args(p)

@@ -130,10 +130,10 @@ class RunSetup:
 def start_run(cfg: Any, run_dir: str | Path) -> RunSetup:
     """Record the config (refusing a different one in the same directory), seed, and draw the problems.
 
-    `cfg` needs `task`, `n_train`, `n_eval`, `model` and `seed`.
+    `cfg` needs `task`, `n_train`, `n_eval`, `model` and `seed` (and may name example files, see `draw_problems`).
     """
     model = resolve_model(cfg.model)  # a missing model, or a bad world option, fails before the run directory exists
-    get_task(cfg.task)
+    draw_problems(cfg)  # so does a malformed example file (file:line)
     run = RunDir(run_dir)
     run.save_config(to_dict(cfg), defaults_of(type(cfg)))
     seed_everything(cfg.seed)
@@ -142,7 +142,16 @@ def start_run(cfg: Any, run_dir: str | Path) -> RunSetup:
 
 
 def draw_problems(cfg: Any) -> tuple[Task, list[Problem], list[Problem]]:
-    """The task, its `n_train` train-split problems and `n_eval` held-out problems, drawn from `cfg.seed`."""
+    """The task, its `n_train` train-split problems and `n_eval` held-out problems, drawn from `cfg.seed`.
+
+    A config with example files (`data`, `eval_data`: a file task such as `jsonl`) takes the first `n_train`
+    problems of `data` to learn from and the first `n_eval` of `eval_data` as the held-out set.
+    """
+    data = getattr(cfg, "data", "")
+    if data:
+        task = get_task(cfg.task, data=data)
+        held_out = get_task(cfg.task, data=cfg.eval_data)
+        return task, task.problems("train", cfg.n_train), held_out.problems("test", cfg.n_eval)
     task = get_task(cfg.task)
     return (
         task,

@@ -37,7 +37,7 @@ from reasonloop.engine import HFEngine
 from reasonloop.eval import greedy_accuracy
 from reasonloop.models import save_model
 from reasonloop.models.nano import build_model, build_tokenizer
-from reasonloop.tasks import get_task, parse_task_spec
+from reasonloop.tasks import WORLDS, get_task, parse_task_spec
 from reasonloop.tasks.arith import ArithTask
 from reasonloop.tasks.base import WorldTask
 
@@ -51,7 +51,7 @@ class NanoConfig:
     n_heads: int = bounded(4, ge=1)  # attention heads
     n_kv_heads: int = bounded(2, ge=1)  # key/value heads (grouped-query attention)
     mlp_size: int = bounded(256, ge=1)  # SwiGLU hidden size
-    seq_len: int = bounded(128, ge=8)  # training row length in tokens
+    seq_len: int = bounded(128, ge=8)  # training row length in tokens (raised to fit the longest worked solution)
     batch_size: int = bounded(16, ge=1)  # rows per optimiser step
     steps: int = bounded(1500, ge=1)  # most optimiser steps (the cosine schedule spans these)
     lr: float = bounded(3e-3, gt=0)  # peak learning rate (cosine decay to 10%)
@@ -66,11 +66,11 @@ class NanoConfig:
     eval_every: int = bounded(20, ge=1)  # steps between validation checks (5 once past half the target)
     n_val_problems: int = bounded(150, ge=1)  # train-split validation problems (disjoint from the seed set)
     seed: int = bounded(0, ge=0)  # everything derives from this seed
-    task: str = "arith"  # the world, with options: "arith", "countdown:n_numbers=3,number_max=9"
+    task: str = "arith"  # the world, with options: "arith", "countdown:n_numbers=3,number_max=9", "extract"
 
     def __post_init__(self) -> None:
-        if parse_task_spec(self.task)[0] not in ("arith", "countdown"):
-            raise ValueError(f"task must be a built-in world (arith or countdown), not {self.task!r}")
+        if parse_task_spec(self.task)[0] not in WORLDS:
+            raise ValueError(f"task must be a built-in world ({', '.join(WORLDS)}), not {self.task!r}")
         get_task(self.task)  # a typo in the world's options fails here, before anything is built
         if self.hidden_size % self.n_heads or self.n_heads % self.n_kv_heads:
             raise ValueError("hidden_size must be a multiple of n_heads, and n_heads a multiple of n_kv_heads")
@@ -101,6 +101,10 @@ class _Docs:
         self.hinted = [tokenizer(p + s)["input_ids"] + [self.eos] for p, s in seed_set(task, cfg, hinted=True)]
         self.tokenizer = tokenizer
         self.task = task
+        # a row holds at least one whole worked solution (extract's run to ~200 characters)
+        self.row_len = (
+            max(cfg.seq_len, *(len(d) - 1 for d in self.solutions + self.hinted)) if self.solutions else cfg.seq_len
+        )
         self._facts: list[str] = []
         self._fact_seed = cfg.seed
 
@@ -119,7 +123,7 @@ class _Docs:
 
     def batch(self) -> torch.Tensor:
         """(B, T+1) rows packed with whole documents (a row starts at a document start)."""
-        T = self.cfg.seq_len + 1
+        T = self.row_len + 1
         rows = []
         for _ in range(self.cfg.batch_size):
             row: list[int] = []
@@ -180,7 +184,9 @@ def train_nano(
         every = 5 if history and history[-1]["val_greedy_accuracy"] >= cfg.target_accuracy / 2 else cfg.eval_every
         if (step + 1) % every == 0 or step + 1 == cfg.steps:
             model.eval()
-            record["val_greedy_accuracy"] = greedy_accuracy(HFEngine(model, tokenizer), task.grade, val, 96)
+            record["val_greedy_accuracy"] = greedy_accuracy(
+                HFEngine(model, tokenizer), task.grade, val, task.max_solution_tokens
+            )
             model.train()
             history.append(record)
         if progress:

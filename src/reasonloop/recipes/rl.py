@@ -16,7 +16,14 @@ trained; nothing is reloaded from disk):
    sampler's logprobs (the old policy), plus KL to the starting policy (as a loss
    term, or folded into the rewards), an entropy bonus and, for PPO, the clipped
    value loss;
-5. every `eval_every` steps, held-out greedy accuracy.
+5. every `eval_every` steps, the held-out mean grade of greedy completions (the
+   accuracy, for a 0/1 grader).
+
+Reinforcement fine-tuning (OpenAI-style RFT) is this recipe with a preset:
+`data` and `eval_data` name JSONL files of a few dozen examples (task `jsonl`),
+`grader` a grader file, and the steps cover many passes over the examples, with
+KL to the start kept and reported per pass (`examples/rft/extract.yaml`,
+`docs/rl.md`).
 
 `metrics.jsonl` gets one line per step with the diagnostics a practitioner
 checks (reward, accuracy, groups with no signal, KL k1/k3, entropy, clip
@@ -58,7 +65,7 @@ from reasonloop.eval import greedy_accuracy, save_line_plot
 from reasonloop.models import load_model, save_model
 from reasonloop.recipes.common import BarFactory, no_bar, start_run
 from reasonloop.recipes.process_rewards import ProcessReward
-from reasonloop.tasks import get_task
+from reasonloop.tasks import WORLDS, parse_task_spec
 from reasonloop.train import TrainConfig, Trainer, TrainingError, shuffled_batch
 from reasonloop.train import advantages as adv
 from reasonloop.train.actor_critic import ActorCritic
@@ -123,7 +130,9 @@ class RLConfig:
     """One online RL run."""
 
     model: str = "nano"  # the starting policy (a model directory, or "nano")
-    task: str = "arith"  # a world, with options (countdown:n_numbers=3)
+    task: str = "arith"  # a world, with options (countdown:n_numbers=3), or a file format with `data` (jsonl)
+    data: str = ""  # a JSONL file of training examples (reinforcement fine-tuning; needs a file task)
+    eval_data: str = ""  # a JSONL file of held-out examples, graded every `eval_every` steps (with `data`)
     grader: str = ""  # a grader YAML file for the rewards ("" = the world's own check)
     algorithm: str = "grpo"  # grpo, dr_grpo, rloo, reinforce_pp or ppo
     steps: int = bounded(100, ge=1)  # RL steps (sample, grade, learn)
@@ -143,7 +152,7 @@ class RLConfig:
     temperature: float = bounded(1.0, gt=0)  # sampling temperature (the policy trained is the tempered one)
     max_new_tokens: int = bounded(96, ge=1)  # generation budget per completion
     n_train: int = bounded(1000, ge=1)  # training problems (train split), cycled through in shuffled epochs
-    n_eval: int = bounded(200, ge=1)  # held-out problems (test split) for greedy accuracy
+    n_eval: int = bounded(200, ge=1)  # held-out problems (test split, or the first of eval_data) to grade
     eval_every: int = bounded(10, ge=0)  # steps between held-out evaluations (and at the start and the end)
     save_every: int = bounded(1, ge=1)  # steps between checkpoints (a kill redoes at most this many steps)
     max_batch: int = bounded(256, ge=1)  # engine rows in flight
@@ -164,6 +173,11 @@ class RLConfig:
             raise ValueError(f"aggregate: unknown {self.aggregate!r}; expected one of {', '.join(AGGREGATES)}")
         if self.kl_in not in ("loss", "reward"):
             raise ValueError(f"kl_in: expected 'loss' or 'reward', got {self.kl_in!r}")
+        world = parse_task_spec(self.task)[0] in WORLDS
+        if self.data and world:
+            raise ValueError(f"data: task {self.task!r} is a built-in world; example files need a file task (jsonl)")
+        if not world and not (self.data and self.eval_data):
+            raise ValueError(f"data: task {self.task!r} reads example files; set both data and eval_data")
 
     @property
     def rows(self) -> int:
@@ -177,10 +191,10 @@ class RLConfig:
         return self.steps * self.epochs * per_epoch
 
 
-def load_reward(cfg: RLConfig, task) -> Grader:
-    """The grader the rewards come from: a grader file, or the world's own check."""
+def load_reward(cfg: RLConfig, task) -> Grader | None:
+    """The grader the rewards come from: a grader file, or the task's own check (None without a task)."""
     if not cfg.grader:
-        return task.grade
+        return task.grade if task is not None else None
     from reasonloop.graders import load_grader
 
     return load_grader(cfg.grader)
@@ -399,8 +413,9 @@ class RLRun:
 
 def run_rl(cfg: RLConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=print) -> dict[str, Any]:
     """Run (or resume) online RL; returns the final held-out accuracy and the per-step records."""
-    grader = load_reward(cfg, get_task(cfg.task))  # a grader file that does not load fails here, before anything
+    grader = load_reward(cfg, None)  # a grader file that does not load fails here, before anything
     setup = start_run(cfg, run_dir)
+    grader = grader or setup.task.grade
     run, task = setup.run, setup.task
     rl = RLRun(cfg, setup.model, run.checkpoint("train"), task.step_delimiter)
     records = _metrics_through(run.path / "metrics.jsonl", rl.done_steps)
@@ -413,7 +428,7 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=pri
     if not records:
         acc0 = evaluate()
         records.append(_log(run, {"step": 0, "held_out_accuracy": acc0, "tokens_sampled": 0, "seconds": 0.0}))
-    log(f"{cfg.algorithm}: step {rl.done_steps} of {cfg.steps}, held-out greedy accuracy "
+    log(f"{cfg.algorithm}: step {rl.done_steps} of {cfg.steps}, held-out greedy {held_out_name(cfg)} "
         f"{100 * next(r['held_out_accuracy'] for r in reversed(records) if 'held_out_accuracy' in r):.1f}%")  # fmt: skip
     with bar(cfg.steps - rl.done_steps, f"{cfg.algorithm} on {cfg.task}") as advance:
         for step in range(rl.done_steps, cfg.steps):
@@ -448,7 +463,7 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=pri
     if not (final / "config.json").exists():
         policy = rl.policy.merge_and_unload() if cfg.lora is not None else rl.policy
         save_model(policy, rl.tokenizer, final)
-    write_report(run.path, cfg, records)
+    write_report(run.path, cfg, records, n_train=len(setup.train))
     accs = [r["held_out_accuracy"] for r in records if "held_out_accuracy" in r]
     return {"start_accuracy": accs[0], "final_accuracy": accs[-1], "records": records, "model": final}
 
@@ -484,11 +499,46 @@ def _metrics_through(path: Path, step: int) -> list[dict[str, Any]]:
     return kept
 
 
-def write_report(path: Path, cfg: RLConfig, records: list[dict[str, Any]]) -> None:
-    """report.md with the run's figures; plots of reward and held-out accuracy against steps and sampled tokens,
-    and of KL to the start against steps."""
+def held_out_name(cfg: RLConfig) -> str:
+    """What the held-out figure is: the accuracy under a world's 0/1 check, else the mean grade."""
+    return "accuracy" if not cfg.grader and parse_task_spec(cfg.task)[0] in ("arith", "countdown") else "mean grade"
+
+
+def per_pass(cfg: RLConfig, records: list[dict[str, Any]], n_train: int) -> list[dict[str, Any]]:
+    """One row per pass over the `n_train` training problems (pass e holds the steps whose problems end within
+    it): mean train reward, mean KL k3 to the start, and the held-out figure of the pass's last evaluation."""
+    rows: dict[int, dict[str, Any]] = {}
+    for r in records:
+        if r["step"] == 0:
+            continue
+        e = math.ceil(r["step"] * cfg.prompts_per_step / n_train)
+        row = rows.setdefault(e, {"pass": e, "steps": [], "reward": [], "kl": [], "held_out": None})
+        row["steps"].append(r["step"])
+        row["reward"].append(r["reward_mean"])
+        if "kl_k3" in r:
+            row["kl"].append(r["kl_k3"])
+        if "held_out_accuracy" in r:
+            row["held_out"] = r["held_out_accuracy"]
+    return [
+        {
+            "pass": e,
+            "first_step": min(v["steps"]),
+            "last_step": max(v["steps"]),
+            "reward": sum(v["reward"]) / len(v["reward"]),
+            "kl_k3": sum(v["kl"]) / len(v["kl"]) if v["kl"] else None,
+            "held_out": v["held_out"],
+        }  # fmt: skip
+        for e, v in sorted(rows.items())
+    ]
+
+
+def write_report(path: Path, cfg: RLConfig, records: list[dict[str, Any]], n_train: int | None = None) -> None:
+    """report.md with the run's figures; plots of reward and the held-out figure against steps and sampled tokens,
+    and of KL to the start against steps. A run of several passes over its training problems (reinforcement
+    fine-tuning) also gets a table per pass with the KL to the start."""
     steps = [r for r in records if r["step"] > 0]
     evals = [r for r in records if "held_out_accuracy" in r]
+    name = held_out_name(cfg)
     plots = path / "plots"
     if steps:
         xs = [r["step"] for r in steps]
@@ -497,17 +547,18 @@ def write_report(path: Path, cfg: RLConfig, records: list[dict[str, Any]]) -> No
         if cfg.kl_coef > 0:
             save_line_plot(plots / "kl.png", xs, {"k1": [r["kl_k1"] for r in steps], "k3": [r["kl_k3"] for r in steps]},
                            xlabel="step", ylabel="KL to the start", title="KL(policy || start)", xticks=False)  # fmt: skip
-    acc = {"held-out greedy accuracy (%)": [100 * r["held_out_accuracy"] for r in evals]}
+    acc = {f"held-out greedy {name} (%)": [100 * r["held_out_accuracy"] for r in evals]}
     save_line_plot(plots / "accuracy_vs_steps.png", [r["step"] for r in evals], acc,
-                   xlabel="step", ylabel="accuracy (%)", title=f"{cfg.algorithm} on {cfg.task}", xticks=False)  # fmt: skip
+                   xlabel="step", ylabel=f"{name} (%)", title=f"{cfg.algorithm} on {cfg.task}", xticks=False)  # fmt: skip
     dense = cfg.reward.process != "none"
     tokens = [r["tokens_sampled"] + r.get("tokens_verifier", 0) + r.get("tokens_refresh", 0) for r in evals]
     save_line_plot(plots / "accuracy_vs_tokens.png", tokens, acc,
-                   xlabel="tokens (generator + verifier)" if dense else "tokens sampled", ylabel="accuracy (%)",
+                   xlabel="tokens (generator + verifier)" if dense else "tokens sampled", ylabel=f"{name} (%)",
                    title=f"{cfg.algorithm} on {cfg.task}", xticks=False)  # fmt: skip
     last = steps[-1] if steps else {}
     lines = [
-        f"# {cfg.algorithm} on `{cfg.task}`",
+        f"# {cfg.algorithm} on `{cfg.task}`"
+        + (f" (examples `{cfg.data}`, held out `{cfg.eval_data}`)" if cfg.data else ""),
         "",
         f"Start `{cfg.model}`; {cfg.steps} steps of {cfg.prompts_per_step} problems x {cfg.group_size} samples; "
         f"{cfg.epochs} epoch(s), mini-batch {cfg.minibatch_size or cfg.rows}; lr {cfg.lr}; KL coefficient "
@@ -521,7 +572,7 @@ def write_report(path: Path, cfg: RLConfig, records: list[dict[str, Any]]) -> No
         )
         + ".",
         "",
-        "| step | tokens sampled | verifier tokens | held-out greedy accuracy |",
+        f"| step | tokens sampled | verifier tokens | held-out greedy {name} |",
         "|---|---|---|---|",
         *(
             f"| {r['step']} | {r['tokens_sampled']:,} | {r.get('tokens_verifier', 0):,} | {100 * r['held_out_accuracy']:.1f}% |"
@@ -536,4 +587,23 @@ def write_report(path: Path, cfg: RLConfig, records: list[dict[str, Any]]) -> No
         "![reward](plots/reward.png)" + (" ![kl](plots/kl.png)" if cfg.kl_coef > 0 else ""),
         "",
     ]
+    passes = per_pass(cfg, records, n_train) if n_train else []
+    if len(passes) >= 2:
+        lines += [
+            f"Per pass over the {n_train} training problems (KL k3 to the start, mean over the pass's steps"
+            + ("" if cfg.kl_coef > 0 else "; not measured: kl_coef is 0, so no reference model runs")
+            + "):",
+            "",
+            f"| pass | steps | train reward | KL to start | held-out {name} |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {p['pass']} | {p['first_step']}-{p['last_step']} | {p['reward']:.3f} | "
+                + ("-" if p["kl_k3"] is None else f"{p['kl_k3']:.4f}")
+                + " | "
+                + ("-" if p["held_out"] is None else f"{100 * p['held_out']:.1f}%")
+                + " |"
+                for p in passes
+            ),
+            "",
+        ]
     atomic_write_text(path / "report.md", "\n".join(lines))

@@ -1,4 +1,5 @@
-"""Layer 2: problem sources. Built-in worlds (`arith`, `countdown`) and JSONL files (GSM8K, MATH)."""
+"""Layer 2: problem sources. Built-in worlds (`arith`, `countdown`, `extract`) and JSONL files (GSM8K, MATH, any
+`prompt`/`answer` file)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from reasonloop.core import ConfigError, from_dict
 from reasonloop.tasks.arith import ArithConfig, ArithTask
 from reasonloop.tasks.base import Task, hash_split
 from reasonloop.tasks.countdown import CountdownConfig, CountdownTask
+from reasonloop.tasks.extract import ExtractConfig, ExtractTask
 from reasonloop.tasks.jsonl import FORMATS, JsonlFormat, JsonlTask
 
-TASKS = ("arith", "countdown", "gsm8k", "math")
+WORLDS = ("arith", "countdown", "extract")
+TASKS = (*WORLDS, "gsm8k", "math", "jsonl")
 
 
 def parse_task_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -43,6 +46,8 @@ def get_task(name: str, data: str | None = None, **options: Any) -> Task:
         return ArithTask(from_dict(ArithConfig, options, source="arith options"))
     if name == "countdown":
         return CountdownTask(from_dict(CountdownConfig, options, source="countdown options"))
+    if name == "extract":
+        return ExtractTask(from_dict(ExtractConfig, options, source="extract options"))
     if name in FORMATS:
         if data is None:
             raise ConfigError(f"task '{name}' reads a JSONL file: pass its path (--data FILE)")
@@ -57,10 +62,13 @@ __all__ = [
     "ArithTask",
     "CountdownConfig",
     "CountdownTask",
+    "ExtractConfig",
+    "ExtractTask",
     "FORMATS",
     "JsonlFormat",
     "JsonlTask",
     "TASKS",
+    "WORLDS",
     "Task",
     "get_task",
     "parse_task_spec",

@@ -62,6 +62,7 @@ class WorldTask:
 
     name = "world"
     step_delimiter = "\n"
+    max_solution_tokens = 96  # a generation budget that fits any worked solution of the world
 
     def steps(self, completion: str) -> list[str]:
         return split_steps(completion, self.step_delimiter)

@@ -1,7 +1,11 @@
-"""Problems from JSONL files: GSM8K format, MATH format, or any file with a field mapping.
+"""Problems from JSONL files: GSM8K format, MATH format, plain `prompt`/`answer` files, or any field mapping.
 
 - GSM8K: `question`, `answer` (worked solution whose last line is ``#### N``).
 - MATH: `problem`, `solution` (LaTeX, answer in ``\\boxed{}``), `answer`.
+- jsonl: `prompt` (shown to the model as it is) and `answer` (a string, or any JSON value: an object answer
+  is kept as its JSON text, so grader templates reach its fields as ``{{item.answer.field}}``); every other
+  field of the line is the problem's `meta`, reachable as ``{{item.field}}`` (what reinforcement fine-tuning
+  example files look like).
 
 A malformed line raises `DataError` naming ``file:line`` and the reason, as does
 a question longer than `JsonlFormat.max_prompt_chars` (a line longer than
@@ -10,9 +14,11 @@ a question longer than `JsonlFormat.max_prompt_chars` (a line longer than
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reasonloop.core import DataError, Grade, Problem, split_steps
 from reasonloop.core.jsonl import read_jsonl_numbered
@@ -38,6 +44,7 @@ class JsonlFormat:
 FORMATS = {
     "gsm8k": JsonlFormat("question", "answer", answer_style="gsm8k", solution_field="answer"),
     "math": JsonlFormat("problem", "answer", solution_field="solution", id_field="unique_id"),
+    "jsonl": JsonlFormat("prompt", "answer", prompt_template="{prompt}", id_field="id"),
 }
 
 
@@ -63,6 +70,28 @@ def last_number(text: str) -> str | None:
     return found[-1].replace(",", "").replace("$", "") if found else None
 
 
+def to_example(problem: Problem) -> dict[str, Any]:
+    """A problem as a line of a `jsonl` example file (what `reasonloop problems` writes; reading it back with
+    the `jsonl` format gives the same prompt, answer and meta). An answer that is JSON object or list text is
+    written as the object, so the file reads naturally; a world's hint prompt, and a worked solution that is
+    only the answer again, are left out.
+
+    >>> to_example(Problem("e1", "Q: Ada, 1843.", '{"name":"Ada","year":1843}', {"kind": "person"}))
+    {'id': 'e1', 'prompt': 'Q: Ada, 1843.', 'answer': {'name': 'Ada', 'year': 1843}, 'kind': 'person'}
+    """
+    answer: Any = problem.answer
+    if answer.lstrip().startswith(("{", "[")):
+        try:
+            answer = json.loads(answer)
+        except json.JSONDecodeError:
+            pass
+    drop = {"source", "source_line", "id", "prompt", "answer", "hint_prompt"}
+    if problem.meta.get("solution") == problem.answer:
+        drop.add("solution")
+    meta = {k: v for k, v in problem.meta.items() if k not in drop}
+    return {"id": problem.id, "prompt": problem.prompt, "answer": answer, **meta}
+
+
 class JsonlTask:
     """Problems read from a file. A file has one split: `problems(split=...)` returns it for either name."""
 
@@ -83,13 +112,20 @@ class JsonlTask:
             for key in (f.prompt_field, f.answer_field):
                 if key not in rec:
                     raise DataError(f"{where}: missing field '{key}'")
-            question = str(rec[f.prompt_field])
+            if not isinstance(rec[f.prompt_field], str):
+                raise DataError(
+                    f"{where}: field '{f.prompt_field}' must be a string, not {type(rec[f.prompt_field]).__name__}"
+                )
+            question = rec[f.prompt_field]
             if len(question) > f.max_prompt_chars:
                 raise DataError(
                     f"{where}: field '{f.prompt_field}' is {len(question):,} characters, "
                     f"more than the limit of {f.max_prompt_chars:,}"
                 )
-            raw_answer = str(rec[f.answer_field])
+            value = rec[f.answer_field]
+            raw_answer = (
+                value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+            )
             if f.answer_style == "gsm8k":
                 answer = gsm8k_final_answer(raw_answer)
                 if answer is None:
