@@ -11,13 +11,14 @@ samples per step, 4 steps a pass, 15 passes, KL 0.02 to the start, the grader
 three learning rates (the best is SFT's figure; all are reported). Both are
 measured by the same grader on greedy completions of the first 100 held-out
 examples of `examples/rft/extract_val.jsonl`, after every pass. RFT runs are
-resumable run directories under `--out`; SFT runs take seconds and are redone.
+resumable run directories under `--out`; SFT results are kept there too.
 Writes `summary.json` in `--out` and `docs/figures/rft_vs_sft_extract.png`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -69,6 +70,15 @@ def sft(cfg: RLConfig, lr: float, grader) -> dict:
     return {"curve": curve, "lr": lr, "seconds": time.perf_counter() - t0}
 
 
+def cached(path: Path, compute) -> dict:
+    """`compute()`, kept in `path` so that a rerun (to summarise several seeds) does not redo it."""
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute()
+    path.write_text(json.dumps(result))
+    return result
+
+
 def plot(summary: dict, path: Path) -> None:
     import matplotlib
 
@@ -113,7 +123,7 @@ def main() -> int:
         cfg = load_config(RLConfig, PRESET, [f"model={args.base}", f"seed={seed}"])
         grader = load_grader(cfg.grader)
         r = rft(cfg, out / f"rft-s{seed}")
-        s = [sft(cfg, lr, grader) for lr in SFT_LRS]
+        s = [cached(out / f"sft-s{seed}-lr{lr:g}.json", functools.partial(sft, cfg, lr, grader)) for lr in SFT_LRS]
         summary[seed] = {"rft": r, "sft": s}
         best = max(s, key=lambda x: x["curve"][-1][1])
         print(f"seed {seed}: start {100 * r['curve'][0][1]:.1f}%; RFT {100 * r['curve'][-1][1]:.1f}% "
@@ -121,7 +131,7 @@ def main() -> int:
               + "; ".join(f"SFT lr {x['lr']:g} {100 * x['curve'][-1][1]:.1f}% (peak "
                           f"{100 * max(g for _, g in x['curve']):.1f}%)" for x in s)
               + f"; best SFT lr {best['lr']:g}")  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / f"summary-{args.seeds.replace(',', '-')}.json").write_text(json.dumps(summary, indent=1))
     plot(summary, ROOT / "docs" / "figures" / "rft_vs_sft_extract.png")
     return 0
 

@@ -54,6 +54,17 @@ def test_init_builds_a_countdown_base(tmp_path):
     assert training["world"]["n_numbers"] == 3 and training["config"]["task"].startswith("countdown:")
 
 
+def test_init_builds_an_extract_base_over_the_worlds_own_defaults(tmp_path):
+    out = tmp_path / "ex"
+    sets = [*TINY, "--set", "task=extract", "--set", "n_seed_solutions=20"]
+    assert main(["--threads", "2", "init", "--out", str(out), *sets, "--eval-problems", "2"]) == 0
+    report = json.loads((out / "eval_extract.json").read_text())
+    assert report["task"] == "extract" and report["num_problems"] == 2
+    config = json.loads((out / "nano_training.json").read_text())["config"]
+    # --set wins over the world's defaults; the keys not set take extract's (seed_fraction 0.7, not arith's 0.5)
+    assert (config["steps"], config["n_seed_solutions"], config["seed_fraction"]) == (4, 20, 0.7)
+
+
 def test_init_refuses_a_file_task_or_a_typo_in_the_world(tmp_path, capsys):
     assert main(["init", "--out", str(tmp_path / "x"), "--set", "task=gsm8k"]) != 0
     assert "built-in world" in capsys.readouterr().err

@@ -75,11 +75,11 @@ def _task_from_args(args: argparse.Namespace):
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from reasonloop.core import load_config, set_threads
+    from reasonloop.core import set_threads
     from reasonloop.core.jsonl import atomic_write_json
-    from reasonloop.recipes.nano import NanoConfig, train_nano
+    from reasonloop.recipes.nano import load_nano_config, train_nano
 
-    cfg = load_config(NanoConfig, args.config, args.set)
+    cfg = load_nano_config(args.config, args.set)
     out = Path(args.out).expanduser()
     con = _console()
     if (out / "config.json").exists() and not args.force:
