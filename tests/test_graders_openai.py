@@ -137,6 +137,9 @@ def test_score_model_object_from_the_schema():
         "judge_replies": ["7"],
         "passed": False,
     }
+    # "7/10" at the end of a reply means 7 out of 10, not 10
+    g10 = grader_from_config({**g_cfg, "range": [0, 10]}, generator=Judge(["Score: 7/10."]))
+    assert g10(item("x"), "y").score == pytest.approx(0.7)
 
 
 def test_score_model_sampling_params_reach_the_generator():

@@ -74,6 +74,11 @@ class ModelConfig:
             raise ValueError("n must be >= 1")
 
 
+def _drop_out_of(reply: str) -> str:
+    """A reply ending in "7/10" means 7 of 10: drop the "/10"."""
+    return re.sub(r"(\d)\s*/\s*\d+(\.\d+)?\s*$", r"\1", reply.strip().rstrip("."))
+
+
 def read_score(reply: str, score_range: list[float]) -> tuple[float | None, str]:
     """The last number in `reply`, normalised from `score_range` to [0, 1], or (None, why).
 
@@ -82,8 +87,7 @@ def read_score(reply: str, score_range: list[float]) -> tuple[float | None, str]
     >>> read_score("I give it 8.", [1, 5])
     (None, 'judge score 8 outside [1, 5]')
     """
-    reply = re.sub(r"(\d)\s*/\s*\d+(\.\d+)?\s*$", r"\1", reply.strip().rstrip("."))  # "7/10" means 7 of 10
-    found = NUMBER_RE.findall(reply)
+    found = NUMBER_RE.findall(_drop_out_of(reply))
     if not found:
         return None, "no score in the judge's reply"
     value = parse_number(found[-1])
@@ -259,13 +263,15 @@ def _ask(input_: list[dict[str, Any]], sp: SamplingParams, generator: Any, probl
 def read_result(reply: str) -> float | None:
     """The judge's number: `result` of a JSON object in the reply (the schema's reply format), else the last number.
 
-    >>> read_result('{"steps": [], "result": 0.75}'), read_result("I'd say 7 of 10... final: 8"), read_result("no")
-    (0.75, 8.0, None)
+    >>> read_result('{"steps": [], "result": 0.75}'), read_result("7 of 10... final: 8"), read_result("Score: 7/10.")
+    (0.75, 8.0, 7.0)
+    >>> read_result("no idea") is None
+    True
     """
     obj, _ = extract_json(reply)
     if obj is not None and isinstance(obj.get("result"), (int, float)) and not isinstance(obj["result"], bool):
         return float(obj["result"])
-    found = NUMBER_RE.findall(reply)
+    found = NUMBER_RE.findall(_drop_out_of(reply))
     return parse_number(found[-1]) if found else None
 
 

@@ -166,11 +166,11 @@ def meteor(hypothesis: str, reference: str) -> float:
     return float(meteor_score([ref], hyp, wordnet=wordnet))
 
 
-@functools.lru_cache(maxsize=1)
-def _rouge_scorer() -> Any:
+@functools.cache
+def _rouge_scorer(*keys: str) -> Any:
     from rouge_score.rouge_scorer import RougeScorer
 
-    return RougeScorer(list(ROUGE_KEYS.values()), use_stemmer=False)
+    return RougeScorer(list(keys), use_stemmer=False)
 
 
 def rouge(hypothesis: str, reference: str) -> dict[str, float]:
@@ -183,13 +183,15 @@ def rouge(hypothesis: str, reference: str) -> dict[str, float]:
     >>> round(r["rouge_l"], 12), round(r["rouge_1"], 12), r["rouge_2"]  # bigram "the gunman": P 1/3, R 1/5
     (0.4, 0.8, 0.25)
     """
-    scores = _rouge_scorer().score(reference, hypothesis)  # rouge-score takes (target, prediction)
+    scores = _rouge_scorer(*ROUGE_KEYS.values()).score(reference, hypothesis)  # rouge-score: (target, prediction)
     return {ours: scores[theirs].fmeasure for ours, theirs in ROUGE_KEYS.items()}
 
 
 def _rouge_one(key: str) -> Callable[[str, str], float]:
+    theirs = ROUGE_KEYS[key]
+
     def score(hypothesis: str, reference: str) -> float:
-        return rouge(hypothesis, reference)[key]
+        return _rouge_scorer(theirs).score(reference, hypothesis)[theirs].fmeasure
 
     score.__name__ = key
     return score
