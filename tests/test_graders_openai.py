@@ -350,6 +350,14 @@ def test_a_template_naming_a_missing_item_field_names_the_key():
     msg = "key 'reference': template field 'item.reference_answr' not found (item fields: answer, id, prompt, reference_answer)"
     assert str(e.value) == msg
     assert safe_grade(g, item("x"), "y").reason == f"error: DataError: {msg}"  # what `reasonloop grade` writes
+    for cfg, key in [
+        ({"type": "json_fields", "reference": "{{item.gold}}"}, "reference"),
+        ({"type": "numeric", "reference": "{{item.gold}}"}, "reference"),
+        ({"type": "python", "tests": "{{item.gold}}"}, "tests"),
+        ({"type": "model", "prompt": "{{item.gold}}", "score_range": [0, 1]}, "prompt"),
+    ]:
+        with pytest.raises(DataError, match=rf"^key '{key}': template field 'item.gold' not found \(item fields: "):
+            grader_from_config(cfg, generator=Judge(["1"]))(item("x"), '{"a": 1}')
 
 
 def test_python_source_is_not_read_as_a_template():

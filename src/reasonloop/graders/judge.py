@@ -40,7 +40,6 @@ from reasonloop.graders.base import (
     extract_json,
     grades_missing_fields_zero,
     parse_number,
-    render,
     render_key,
 )
 
@@ -114,7 +113,7 @@ def read_label(reply: str, labels: list[str]) -> str | None:
 @grades_missing_fields_zero
 def judge(cfg: ModelConfig, generator: Any, problem: Problem, completion: str) -> Grade:
     """Ask the judge `cfg.n` times and average its verdicts. `generator` follows the Generator protocol."""
-    prompt = as_text(render(cfg.prompt, problem, completion))
+    prompt = as_text(render_key(cfg.prompt, "prompt", problem, completion))
     samples = generator.generate(
         [prompt], cfg.n, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, stop=None, seed=cfg.seed
     )[0]

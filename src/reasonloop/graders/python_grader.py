@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 
 from reasonloop.core import Problem, bounded
-from reasonloop.graders.base import Grade, as_text, extract_json, grades_missing_fields_zero, item_fields, render
+from reasonloop.graders.base import Grade, as_text, extract_json, grades_missing_fields_zero, item_fields, render_key
 from reasonloop.graders.sandbox import ISOLATION, SandboxLimits, run_sandboxed
 
 # Runs inside the sandbox. Reads {"nonce", "mode", ...} from stdin, writes "<nonce> <json>" to the result fd.
@@ -119,7 +119,7 @@ def python_grade(cfg: PythonConfig, problem: Problem, completion: str) -> Grade:
     else:
         program = extract_program(completion)
         spec = {"mode": "tests"}
-        files = {"solution.py": program, "tests.py": as_text(render(cfg.tests or "", problem, completion))}
+        files = {"solution.py": program, "tests.py": as_text(render_key(cfg.tests or "", "tests", problem, completion))}
         parsed = program
     spec["nonce"] = nonce
     res = run_sandboxed(
