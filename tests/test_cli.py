@@ -591,7 +591,10 @@ CONFIGS = {  # where each command's --set keys (or grader YAML keys) live
     "--task-option, task=countdown:...": "reasonloop.tasks.countdown:CountdownConfig",
     "--task-option, task=extract:...": "reasonloop.tasks.extract:ExtractConfig",
     **{f"grade (type: {t})": f"reasonloop.graders.registry:{t}" for t in ["python", "math", "numeric", "gsm8k"]},
-    **{f"grade (type: {t})": f"reasonloop.graders.registry:{t}" for t in ["json_fields", "text_similarity", "model"]},
+    **{
+        f"grade (type: {t})": f"reasonloop.graders.registry:{t}"
+        for t in ["json_fields", "text_similarity", "model", "score_model", "label_model"]
+    },
 }
 
 

@@ -191,7 +191,10 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> 
             near = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean '{near[0]}'?)" if near else f" (valid keys: {', '.join(names)})"
             raise ConfigError(f"{source}: unknown key '{key}'{hint}")
-        kwargs[key] = _coerce(value, hints[key], key)
+        try:
+            kwargs[key] = _coerce(value, hints[key], key)
+        except ConfigError as e:  # say which file or grader the bad value is in
+            raise ConfigError(f"{source}: {e}") from None
         rng = field_range(cls, key)
         why = rng.problem(kwargs[key]) if rng else None
         if why:

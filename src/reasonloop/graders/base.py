@@ -114,7 +114,10 @@ def resolve(path: str, problem: Problem, completion: str) -> Any:
     """
     root, *keys = path.split(".")
     if root == "item":
-        return _walk(item_fields(problem), keys, path)
+        fields = item_fields(problem)
+        if keys and keys[0] not in fields:
+            raise DataError(f"template field '{path}' not found (item fields: {', '.join(sorted(fields))})")
+        return _walk(fields, keys, path)
     if root == "sample" and keys[:1] == ["output_text"] and len(keys) == 1:
         return completion
     if root == "sample" and keys[:1] == ["output_json"]:
@@ -123,6 +126,20 @@ def resolve(path: str, problem: Problem, completion: str) -> Any:
             raise SampleFieldError(f"template field '{path}': {why}")
         return _walk(obj, keys[1:], path, SampleFieldError)
     raise DataError(f"template field '{path}': use item.<field>, sample.output_text or sample.output_json.<field>")
+
+
+def render_key(template: str, key: str, problem: Problem, completion: str) -> Any:
+    """`render`, with a missing field's error naming the config key whose template asked for it.
+
+    >>> render_key("{{item.answr}}", "reference", Problem("q1", "2+2?", "4"), "")
+    Traceback (most recent call last):
+    ...
+    reasonloop.core.types.DataError: key 'reference': template field 'item.answr' not found (item fields: answer, id, prompt)
+    """
+    try:
+        return render(template, problem, completion)
+    except DataError as e:
+        raise type(e)(f"key '{key}': {e}") from None
 
 
 def render(template: str, problem: Problem, completion: str) -> Any:

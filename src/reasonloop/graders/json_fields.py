@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reasonloop.core import Problem, bounded
-from reasonloop.graders.base import Grade, extract_json, grades_missing_fields_zero, render
+from reasonloop.graders.base import Grade, extract_json, grades_missing_fields_zero, render_key
 
 SCORES = ("f1", "precision", "recall")
 
@@ -88,7 +88,7 @@ def json_fields(cfg: JsonFieldsConfig, problem: Problem, completion: str) -> Gra
     pred, why = extract_json(completion)
     if pred is None:
         return Grade(0.0, None, why)
-    ref = render(cfg.reference, problem, completion)
+    ref = render_key(cfg.reference, "reference", problem, completion)
     if isinstance(ref, str):
         ref, why = extract_json(ref)
         if ref is None:

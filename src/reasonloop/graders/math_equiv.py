@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from reasonloop.core import Problem, bounded
-from reasonloop.graders.base import Grade, as_text, grades_missing_fields_zero, render
+from reasonloop.graders.base import Grade, as_text, grades_missing_fields_zero, render_key
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def math_equal(cfg: MathConfig, problem: Problem, completion: str) -> Grade:
     >>> math_equal(MathConfig(), s, "The solution set is $x \\\\in \\\\boxed{(-1,1)}$").score
     1.0
     """
-    reference = as_text(render(cfg.reference, problem, completion))
+    reference = as_text(render_key(cfg.reference, "reference", problem, completion))
     if threading.current_thread() is threading.main_thread():
         return _verify(reference, completion, cfg.timeout_s, cfg.float_rounding)
     return _pool().submit(_verify, reference, completion, cfg.timeout_s, cfg.float_rounding).result()

@@ -1,24 +1,42 @@
-"""The `multi` grader: named graders combined by an arithmetic formula over their scores.
+"""The `multi` grader: named graders combined by an arithmetic formula (the schema's `calculate_output`).
 
-The formula is parsed with `ast` and only an allow-list of nodes is accepted:
-numbers, grader names, `+ - * /`, unary minus, parentheses and calls to `min`,
-`max`, `abs`. Nothing is ever passed to `eval`. The result is clipped to [0, 1];
-a division by zero scores 0 with that reason.
+The formula is the OpenAI schema's: numbers, grader names, `+ - * /`, `^`
+(power, binding tighter than unary minus and grouping to the right, as in
+mathematics: `-a^2 = -(a^2)`, `2^3^2 = 2^9`),
+parentheses and the functions `min`, `max`, `abs`, `floor`, `ceil`, `exp`,
+`sqrt`, `log` (natural). It is parsed with `ast` (`^` read as `**`) and only an
+allow-list of nodes is accepted; nothing is ever passed to `eval`.
+
+A name stands for its grader's value: the score in [0, 1], except where the
+schema gives a raw number: a score model's value in its `range` and the float a
+python grader's `grade()` returned (both kept in `details["value"]`). The result
+is clipped to [0, 1]; a division by zero or a math domain error (`log(0)`)
+scores 0 with that reason.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import math
 import operator
 from collections.abc import Mapping
 
 from reasonloop.core import ConfigError, Problem
 from reasonloop.graders.base import Grade, Grader
 
-BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+}
 UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
-FUNCTIONS = {"min": min, "max": max, "abs": abs}
+FUNCTIONS = {"min": min, "max": max, "abs": abs, "floor": math.floor, "ceil": math.ceil, "exp": math.exp}
+FUNCTIONS |= {"sqrt": math.sqrt, "log": math.log}
+UNARY_FUNCTIONS = ("abs", "floor", "ceil", "exp", "sqrt", "log")  # exactly one argument
+ALLOWED = ", ".join(FUNCTIONS)
 
 
 @functools.lru_cache(maxsize=64)
@@ -28,19 +46,23 @@ def parse_formula(formula: str) -> ast.Expression:
     >>> parse_formula("__import__('os')")
     Traceback (most recent call last):
     ...
-    reasonloop.core.types.ConfigError: formula '__import__('os')': function '__import__' is not allowed (use min, max, abs)
+    reasonloop.core.types.ConfigError: formula '__import__('os')': function '__import__' is not allowed (use min, max, abs, floor, ceil, exp, sqrt, log)
     """
+    if "**" in formula:  # the schema writes a power ^; ** would be read the same, but one spelling is enough
+        raise ConfigError(f"formula '{formula}': write a power as a ^ b")
     try:
-        tree = ast.parse(formula.strip(), mode="eval")
+        tree = ast.parse(formula.strip().replace("^", "**"), mode="eval")
     except SyntaxError as e:
         raise ConfigError(f"formula '{formula}': not valid syntax ({e.msg})") from None
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
                 name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
-                raise ConfigError(f"formula '{formula}': function '{name}' is not allowed (use min, max, abs)")
+                raise ConfigError(f"formula '{formula}': function '{name}' is not allowed (use {ALLOWED})")
             if node.keywords or not node.args:
                 raise ConfigError(f"formula '{formula}': {node.func.id}() takes positional arguments only")
+            if node.func.id in UNARY_FUNCTIONS and len(node.args) != 1:
+                raise ConfigError(f"formula '{formula}': {node.func.id}() takes one argument")
         elif isinstance(node, ast.Constant):
             if type(node.value) not in (int, float):
                 raise ConfigError(f"formula '{formula}': only numbers are allowed as constants, not {node.value!r}")
@@ -77,6 +99,10 @@ def evaluate_formula(formula: str, scores: Mapping[str, float]) -> float:
     0.6499999999999999
     >>> evaluate_formula("min(a, b) - abs(-0.25) / (1 + 1)", {"a": 0.5, "b": 1.0})
     0.375
+    >>> evaluate_formula("-a^2 + 2 * b ^ 0.5", {"a": 3, "b": 4}), evaluate_formula("2^3^2", {})  # ^ groups right
+    (-5.0, 512.0)
+    >>> evaluate_formula("floor(sqrt(a)) + log(exp(2)) + ceil(0.1)", {"a": 8})
+    5.0
     """
 
     def ev(node: ast.AST) -> float:
@@ -98,7 +124,7 @@ def evaluate_formula(formula: str, scores: Mapping[str, float]) -> float:
 
 
 def multi_grade(graders: Mapping[str, Grader], formula: str, problem: Problem, completion: str) -> Grade:
-    """Run every named grader, then the formula over their scores.
+    """Run every named grader, then the formula over their values (see the module docstring).
 
     >>> from reasonloop.graders.text import ExactConfig, StringCheckConfig, exact, string_check
     >>> gs = {"exact": functools.partial(exact, ExactConfig()),
@@ -108,13 +134,17 @@ def multi_grade(graders: Mapping[str, Grader], formula: str, problem: Problem, c
     (0.5, 'exact=0 has_4=1 -> 0.5')
     """
     subs = {name: g(problem, completion) for name, g in graders.items()}
-    scores = {name: s.score for name, s in subs.items()}
+    scores = {name: s.details.get("value", s.score) for name, s in subs.items()}
     details = {name: {"score": s.score, "parsed": s.parsed, "reason": s.reason} for name, s in subs.items()}
     shown = " ".join(f"{k}={v:g}" for k, v in scores.items())
     try:
         value = evaluate_formula(formula, scores)
     except ZeroDivisionError:
         return Grade(0.0, None, f"{shown} -> division by zero", details)
+    except (ValueError, OverflowError) as e:  # log(0), sqrt(-1), exp(1000)
+        return Grade(0.0, None, f"{shown} -> math error ({e})", details)
+    if isinstance(value, complex):  # a negative number to a fractional power
+        return Grade(0.0, None, f"{shown} -> not a real number", details)
     score = min(1.0, max(0.0, value))
     clipped = "" if score == value else f" (clipped from {value:g})"
     return Grade(score, None, f"{shown} -> {score:g}{clipped}", details)

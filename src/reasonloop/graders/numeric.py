@@ -18,7 +18,7 @@ from reasonloop.graders.base import (
     last_number,
     numbers_match,
     parse_number,
-    render,
+    render_key,
 )
 
 GSM8K_RE = re.compile(r"####\s*([^\n]*)")
@@ -68,7 +68,7 @@ def numeric(cfg: NumericConfig, problem: Problem, completion: str) -> Grade:
     >>> numeric(NumericConfig(), p, "no idea").reason
     'no number in the completion'
     """
-    want = _reference_number(as_text(render(cfg.reference, problem, completion)))
+    want = _reference_number(as_text(render_key(cfg.reference, "reference", problem, completion)))
     return _compare(last_number(completion), want, cfg.abs_tol, cfg.rel_tol, "final number")
 
 
@@ -93,7 +93,7 @@ def gsm8k(cfg: Gsm8kConfig, problem: Problem, completion: str) -> Grade:
     >>> gsm8k(Gsm8kConfig(fallback_last_number=False), p, "so 18").reason
     'no #### line'
     """
-    want = _reference_number(as_text(render(cfg.reference, problem, completion)))
+    want = _reference_number(as_text(render_key(cfg.reference, "reference", problem, completion)))
     marked = GSM8K_RE.findall(completion)
     if marked:
         got = marked[-1].strip()

@@ -3,7 +3,8 @@
 - `source`: grader code defining `grade(sample, item) -> float` (the OpenAI
   python-grader convention). `sample` is `{"output_text", "output_json"}`,
   `item` the problem's fields (`id`, `prompt`, `answer`, meta keys). The float is
-  clipped to [0, 1].
+  clipped to [0, 1] for the score; a `multi` formula sees it unclipped, as in the
+  schema (`details["value"]`). The schema's `image_tag` is accepted and ignored.
 - `tests`: test code (asserts) run after the program in the completion (the last
   ```python fence, or the whole text). Score 1 when everything runs to the end.
 
@@ -23,7 +24,7 @@ import sys
 from dataclasses import dataclass
 
 from reasonloop.core import Problem, bounded
-from reasonloop.graders.base import Grade, as_text, extract_json, grades_missing_fields_zero, item_fields, render
+from reasonloop.graders.base import Grade, as_text, extract_json, grades_missing_fields_zero, item_fields, render_key
 from reasonloop.graders.sandbox import ISOLATION, SandboxLimits, run_sandboxed
 
 # Runs inside the sandbox. Reads {"nonce", "mode", ...} from stdin, writes "<nonce> <json>" to the result fd.
@@ -58,6 +59,7 @@ class PythonConfig:
     max_processes: int = bounded(32, ge=1)  # process and thread limit
     max_output_bytes: int = bounded(65536, ge=0)  # stdout/stderr kept for the reason
     isolation: str = "auto"  # auto (bwrap, else our namespaces; $REASONLOOP_SANDBOX), bwrap, namespaces or weak
+    image_tag: str | None = None  # the schema's runtime image: accepted and ignored (the sandbox runs this Python)
 
     def __post_init__(self) -> None:
         if (self.source is None) == (self.tests is None):
@@ -117,7 +119,7 @@ def python_grade(cfg: PythonConfig, problem: Problem, completion: str) -> Grade:
     else:
         program = extract_program(completion)
         spec = {"mode": "tests"}
-        files = {"solution.py": program, "tests.py": as_text(render(cfg.tests or "", problem, completion))}
+        files = {"solution.py": program, "tests.py": as_text(render_key(cfg.tests or "", "tests", problem, completion))}
         parsed = program
     spec["nonce"] = nonce
     res = run_sandboxed(
@@ -131,7 +133,8 @@ def python_grade(cfg: PythonConfig, problem: Problem, completion: str) -> Grade:
         if value != value:  # NaN
             return Grade(0.0, parsed, "grade() returned NaN")
         score = min(1.0, max(0.0, value))
-        return Grade(score, parsed, f"grade() returned {value:g}" + (" (clipped)" if score != value else ""))
+        reason = f"grade() returned {value:g}" + (" (clipped)" if score != value else "")
+        return Grade(score, parsed, reason, {"value": value})  # a multi formula sees the value itself
     what = "tests failed" if cfg.source is None else "grader failed"
     if res.error:
         return Grade(0.0, parsed, f"{what}: {res.error}")
