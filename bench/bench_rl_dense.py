@@ -14,7 +14,7 @@ and seed for each method); the dense runs add `reward.process` with the same
 directory under `--out`. After training, every final policy (and the base) gets
 pass@k for k up to 16 and greedy accuracy on its run's held-out problems.
 
-Writes `summary.json` in `--out`, and `docs/figures/rl_dense_countdown.png`
+Writes `summary.json` in `--out`, and `docs/figures/rl_dense_countdown_alpha<alpha>.png`
 (held-out accuracy against samples drawn and against tokens, generator plus
 verifier; mean over seeds, min-max shaded). The sample-efficiency ratio is
 computed on the seed-mean curves: the samples outcome-only GRPO needs to first
@@ -156,7 +156,7 @@ def main() -> int:
         for m, e in result["efficiency"].items():
             print(f"{m}: outcome-only reaches {e['target_accuracy']:.1f}% after {e['outcome_samples']:,.0f} samples; "
                   f"{m} after {e['dense_samples']} samples (ratio {e['ratio']})")  # fmt: skip
-        plot(summary, ROOT / "docs" / "figures" / "rl_dense_countdown.png")
+        plot(summary, ROOT / "docs" / "figures" / f"rl_dense_countdown_alpha{args.alpha:g}.png")
     (out / "summary.json").write_text(json.dumps(result, indent=1))
     return 0
 

@@ -60,6 +60,7 @@ def test_init_builds_an_extract_base_over_the_worlds_own_defaults(tmp_path):
     assert main(["--threads", "2", "init", "--out", str(out), *sets, "--eval-problems", "2"]) == 0
     report = json.loads((out / "eval_extract.json").read_text())
     assert report["task"] == "extract" and report["num_problems"] == 2
+    assert report["greedy_accuracy"] <= report.get("greedy_mean_grade", report["greedy_accuracy"]) <= 1.0
     config = json.loads((out / "nano_training.json").read_text())["config"]
     # --set wins over the world's defaults; the keys not set take extract's (seed_fraction 0.7, not arith's 0.5)
     assert (config["steps"], config["n_seed_solutions"], config["seed_fraction"]) == (4, 20, 0.7)

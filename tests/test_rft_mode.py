@@ -162,3 +162,29 @@ def test_the_shipped_example_files_are_the_extract_world(tmp_path):
         assert shipped == [to_example(p) for p in ExtractTask().problems(split, n, seed=0)]
     with pytest.raises(DataError):
         get_task("jsonl", data=str(tmp_path / "missing.jsonl")).problems("train")
+
+
+def test_evaluate_reports_the_mean_grade_where_grades_are_partial():
+    """Two problems: one greedy answer right (1.0), one with a wrong city (F1 5/6 or 3/4 by kind): accuracy 1/2,
+    mean grade the average of the two F1s."""
+    from reasonloop.core import Sample
+    from reasonloop.core.generator import TokenCounts
+    from reasonloop.eval import EvalConfig, evaluate
+    from reasonloop.eval.evaluate import summary_rows
+
+    t = ExtractTask()
+    problems = t.problems("test", 2, seed=0)
+    wrong = json.loads(problems[1].answer) | {"city": "Nowhere"}
+    n_items = sum(len(v) if isinstance(v, list) else 1 for v in wrong.values())
+    expected_f1 = (n_items - 1) / n_items  # precision = recall = (n-1)/n
+
+    class Fixed:
+        counts = TokenCounts()
+
+        def generate(self, prompts, n, **_):
+            texts = [problems[0].answer, json.dumps(wrong)]
+            return [[Sample(p.id, texts[i], token_ids=[1])] for i, p in enumerate(problems)]
+
+    res = evaluate(Fixed(), t, problems, EvalConfig(n=0))
+    assert res["greedy_accuracy"] == 0.5 and res["greedy_mean_grade"] == pytest.approx((1 + expected_f1) / 2)
+    assert ("greedy mean grade", res["greedy_mean_grade"]) in summary_rows(res)

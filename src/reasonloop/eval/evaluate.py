@@ -46,8 +46,11 @@ def evaluate(
     before = generator.counts.copy()
     kw = dict(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     greedy = generator.generate(prompts, 1, temperature=0.0, progress=progress, **kw)  # type: ignore[call-arg]
-    greedy_ok = [float(grade(p, s[0]).reward == 1.0) for p, s in zip(problems, greedy)]
+    greedy_grades = [grade(p, s[0]).reward or 0.0 for p, s in zip(problems, greedy)]
+    greedy_ok = [float(g == 1.0) for g in greedy_grades]
     result: dict[str, Any] = {"num_problems": len(problems), "greedy_accuracy": sum(greedy_ok) / len(problems)}
+    if greedy_ok != greedy_grades:  # a grader with partial credit (extract's field F1): its mean too
+        result["greedy_mean_grade"] = sum(greedy_grades) / len(problems)
     per_problem: list[dict[str, Any]] = [
         {"id": p.id, "answer": p.answer, "greedy": s[0].answer, "greedy_correct": bool(ok)}
         for p, s, ok in zip(problems, greedy, greedy_ok)
@@ -103,6 +106,8 @@ def by_group(problems: list[Problem], per_problem: list[dict[str, Any]], n: int,
 def summary_rows(result: dict[str, Any]) -> list[tuple[str, float]]:
     """(metric, value) rows for printing, in a stable order."""
     rows = [("greedy accuracy", result["greedy_accuracy"])]
+    if "greedy_mean_grade" in result:
+        rows.append(("greedy mean grade", result["greedy_mean_grade"]))
     rows += [(k, v) for k, v in result.items() if k.startswith("pass@")]
     rows += [(k, v) for k, v in result.items() if k.startswith("maj@")]
     return rows
