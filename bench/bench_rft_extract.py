@@ -70,6 +70,21 @@ def sft(cfg: RLConfig, lr: float, grader) -> dict:
     return {"curve": curve, "lr": lr, "seconds": time.perf_counter() - t0}
 
 
+def per_field(model: str, problems) -> dict[str, float]:
+    """Share of greedy completions whose field equals the answer's (lists as sets), field by field."""
+    from reasonloop.graders.base import extract_json
+
+    out = HFEngine.from_pretrained(model).generate([p.prompt for p in problems], 1, temperature=0.0, max_new_tokens=128)
+    hits: dict[str, list[int]] = {}
+    for p, s in zip(problems, out):
+        ref, (pred, _) = json.loads(p.answer), extract_json(s[0].text)
+        for f, want in ref.items():
+            got = (pred or {}).get(f)
+            same = set(got) == set(want) if isinstance(want, list) and isinstance(got, list) else got == want
+            hits.setdefault(f, []).append(int(same))
+    return {f: sum(h) / len(h) for f, h in hits.items()}
+
+
 def cached(path: Path, compute) -> dict:
     """`compute()`, kept in `path` so that a rerun (to summarise several seeds) does not redo it."""
     if path.exists():
@@ -111,8 +126,17 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "rft_extract"))
+    ap.add_argument("--fields", nargs="+", metavar="MODEL", help="only print per-field exact match of these models")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.fields:
+        cfg = load_config(RLConfig, PRESET, [f"model={args.base}"])
+        _, train, val = draw_problems(cfg)
+        for model in args.fields:
+            for name, problems in (("train", train), ("held-out", val)):
+                fields = per_field(model, problems)
+                print(model, name, ", ".join(f"{f} {100 * v:.1f}%" for f, v in fields.items()))
+        return 0
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
