@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from reasonloop.core import derive_seed
 from reasonloop.engine import HFEngine
 from reasonloop.engine.fast import FastDecoder
 from reasonloop.models import load_model
@@ -64,6 +65,47 @@ def test_seeded_sampling_is_reproducible(tiny_model_dir):
     ids = lambda r: [s.token_ids for ss in r for s in ss]  # noqa: E731
     assert ids(a) == ids(b)
     assert ids(a) != ids(c)
+
+
+def _ids(out):
+    return [[s.token_ids for s in ss] for ss in out]
+
+
+def test_a_sample_is_drawn_from_its_own_stream_whatever_its_batch(tiny_model_dir):
+    """Sample j of a prompt draws from (its prompt's seed, j) alone: generated with other prompts, alone, a row at
+    a time, or as the first 2 of 4, it is the same sample (issue 16: a resumed run must redraw what it lost)."""
+    model, tok = load_model(tiny_model_dir)
+    kw = dict(temperature=1.0, max_new_tokens=16)
+    seeds = [101, 202, 303]
+    together = HFEngine(model, tok, max_batch=256).generate(PROMPTS, n=4, seeds=seeds, **kw)
+    for max_batch in (1, 3):
+        engine = HFEngine(model, tok, max_batch=max_batch)
+        alone = [engine.generate([p], n=4, seeds=[s], **kw)[0] for p, s in reversed(list(zip(PROMPTS, seeds)))][::-1]
+        assert _ids(alone) == _ids(together)
+        for a, b in zip(alone, together):  # same draws; the logprobs equal to float rounding of other batch shapes
+            assert [s.logprobs for s in a] == [pytest.approx(s.logprobs, abs=1e-5) for s in b]
+    first_two = HFEngine(model, tok).generate(PROMPTS, n=2, seeds=seeds, **kw)
+    assert _ids(first_two) == [ids[:2] for ids in _ids(together)]
+    assert [s.meta["seed"] for ss in together for s in ss] == [s for s in seeds for _ in range(4)]
+    # without `seeds`, prompt i of a call has the seed derive_seed(seed, i)
+    engine = HFEngine(model, tok)
+    by_position = engine.generate(PROMPTS, n=4, seeds=[derive_seed(7, i) for i in range(3)], **kw)
+    assert _ids(engine.generate(PROMPTS, n=4, seed=7, **kw)) == _ids(by_position) != _ids(together)
+    with pytest.raises(ValueError, match="seeds has 2 entries for 3 prompts"):
+        engine.generate(PROMPTS, n=1, seeds=[1, 2], **kw)
+
+
+def test_the_transformers_fallback_draws_what_the_fast_path_draws(tiny_model_dir):
+    """Both paths sample with `_sample_tokens` from each row's own uniforms, so on a model both can run (the
+    fallback forced by dropping the fast decoder) they draw the same tokens, top-p included."""
+    model, tok = load_model(tiny_model_dir)
+    fast, slow = HFEngine(model, tok, max_batch=5), HFEngine(model, tok, max_batch=5)
+    slow.decoder = None
+    for top_p in (1.0, 0.7):
+        kw = dict(temperature=1.0, top_p=top_p, max_new_tokens=12, seeds=[5, 6, 7])
+        a, b = fast.generate(PROMPTS, n=3, **kw), slow.generate(PROMPTS, n=3, **kw)
+        assert _ids(a) == _ids(b)
+        assert [s.logprobs for ss in a for s in ss] == [pytest.approx(s.logprobs, abs=1e-4) for ss in b for s in ss]
 
 
 def test_logprobs_match_scoring(tiny_model_dir):
@@ -150,9 +192,9 @@ def test_top_p_keeps_only_the_nucleus():
     from reasonloop.engine.hf import _sample_tokens
 
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]])).repeat(500, 1)
-    tok, _ = _sample_tokens(logits, 1.0, 0.8, torch.Generator().manual_seed(0))
+    tok, _ = _sample_tokens(logits, 1.0, 0.8, torch.rand(500, generator=torch.Generator().manual_seed(0)))
     assert set(tok.tolist()) == {0, 1}
-    tok, lp = _sample_tokens(logits, 0.0, 1.0, torch.Generator())
+    tok, lp = _sample_tokens(logits, 0.0, 1.0, None)
     assert set(tok.tolist()) == {0} and lp[0].item() == pytest.approx(torch.log(torch.tensor(0.6)).item())
 
 
@@ -189,7 +231,9 @@ def test_sampling_follows_the_tempered_distribution():
 
     logits = torch.log(torch.tensor([[0.0, 0.5, 0.3, 0.0, 0.2]])).repeat(50000, 1)
     for temperature in (1.0, 0.5):
-        tok, lp = _sample_tokens(logits, temperature, 1.0, torch.Generator().manual_seed(1))
+        tok, lp = _sample_tokens(
+            logits, temperature, 1.0, torch.rand(50000, generator=torch.Generator().manual_seed(1))
+        )
         freq = torch.bincount(tok, minlength=5) / len(tok)
         expected = torch.softmax(logits[0] / temperature, -1)
         assert torch.allclose(freq, expected, atol=0.01)

@@ -19,8 +19,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reasonloop.core import Problem, RunDir, Sample, read_jsonl
-from reasonloop.recipes.common import sample_to_file
+from reasonloop.core import Problem, Sample, read_jsonl
+from reasonloop.recipes.common import sample_jsonl
 from reasonloop.search import beam_search
 from reasonloop.tasks import ArithTask, CountdownTask
 from reasonloop.train import dpo_loss
@@ -104,24 +104,23 @@ def test_beam_returns_best_finished():
 
 
 class SeededEngine:
-    """Answers drawn from `seed`: the same call gives the same samples, as the real engine does."""
+    """Sample j of prompt i drawn from (seeds[i], j), as the real engine draws it: the same whatever the batch."""
 
     max_batch = 64
 
-    def generate(self, prompts, n, *, temperature, max_new_tokens, seed, stop=None):
-        rng = random.Random(seed)
-        return [[Sample("", f"A: {rng.randint(0, 9)}") for _ in range(n)] for _ in prompts]
+    def generate(self, prompts, n, *, temperature, max_new_tokens, seeds, top_p=1.0, stop=None):
+        return [[Sample("", f"A: {random.Random(f'{s}/{j}').randint(0, 9)}") for j in range(n)] for s in seeds]
 
 
-def check_top_up_continues_the_sample_index(sample_to_file=sample_to_file, tmp_path=None) -> None:
+def check_top_up_continues_the_sample_index(sample_jsonl=sample_jsonl, tmp_path=None) -> None:
     task = ArithTask()
     problems = task.problems("train", 3, seed=5)
 
     def run(name: str) -> list[dict]:
-        rundir = RunDir(tmp_path / name)
-        sample_to_file(rundir, "s", SeededEngine(), task, problems, lambda p: p.prompt, 4,
-                       temperature=1.0, max_new_tokens=8, seed=0)  # fmt: skip
-        return list(read_jsonl(rundir.samples_path("s")))
+        path = tmp_path / name / "samples" / "s.jsonl"
+        sample_jsonl(path, SeededEngine(), task, problems, lambda p: p.prompt, 4,
+                     temperature=1.0, max_new_tokens=8, seed=0)  # fmt: skip
+        return list(read_jsonl(path))
 
     whole = run("whole")
     assert [(r["problem_id"], r["meta"]["sample_index"]) for r in whole] == [
@@ -201,13 +200,13 @@ BUGS = {
         check_beam_returns_best_finished,
     ),
     "top-up restarts the sample index at 0": (
-        sample_to_file,
+        sample_jsonl,
         "enumerate(samples[start:], start=start)",
         "enumerate(samples[start:])",
         check_top_up_continues_the_sample_index,
     ),
     "top-up samples from index 0 again": (
-        sample_to_file,
+        sample_jsonl,
         "enumerate(samples[start:], start=start)",
         "enumerate(samples[: n - start])",
         check_top_up_continues_the_sample_index,

@@ -91,9 +91,15 @@ def test_verifiers_then_scale_end_to_end(tmp_path, solver_tiny_dir, capsys):
     path = tmp_path / "s" / "samples" / "mcts-b4-s0.jsonl"
     kept = path.read_text().splitlines()[:2]
     path.write_text("\n".join(kept) + '\n{"problem_id": "torn')
+    # a sampling cell killed after 2 lines of its one 4-problem generator call: the call is made again whole (with
+    # its seed, not one keyed by what was left), so the rerun writes the lines an uninterrupted run wrote
+    voted = tmp_path / "s" / "samples" / "majority-b4-s1.jsonl"
+    whole = voted.read_bytes()
+    voted.write_bytes(b"".join(whole.splitlines(keepends=True)[:2]))
     again = run_scale(scfg, tmp_path / "s", log=lambda s: None)
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     assert len(rows) == 4 == len({r["problem_id"] for r in rows}) and len(again["cells"]) == 16
+    assert voted.read_bytes() == whole
 
     from reasonloop.cli import main
 

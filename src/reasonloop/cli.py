@@ -191,8 +191,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _sample_into(args: argparse.Namespace, task, problems, out: Path) -> int:
-    from reasonloop.core import JsonlWriter, grade_sample
     from reasonloop.engine import HFEngine
+    from reasonloop.recipes.common import sample_jsonl
 
     done = _sampled_counts(out)
     todo = [p for p in problems if done.get(p.id, 0) < args.n]
@@ -201,24 +201,12 @@ def _sample_into(args: argparse.Namespace, task, problems, out: Path) -> int:
         return 0
     engine = HFEngine.from_pretrained(resolve_model(args.model), max_batch=args.max_batch)
     check_prompts(engine, todo)
-    batch = max(1, args.max_batch // args.n)
-    with progress_bar(len(todo) * args.n, f"sampling {task.name}") as advance, JsonlWriter(out) as w:
-        for b in range(0, len(todo), batch):
-            group = todo[b : b + batch]
-            res = engine.generate(
-                [p.prompt for p in group],
-                args.n,
-                temperature=args.temperature,
-                top_p=args.top_p,
-                max_new_tokens=args.max_new_tokens,
-                seed=args.seed + b,
-                progress=advance,
-            )
-            for p, ss in zip(group, res):
-                for j, s in enumerate(ss[done.get(p.id, 0) :], start=done.get(p.id, 0)):
-                    s.meta["sample_index"] = j
-                    w.write(grade_sample(task.grade, p, s, task.step_delimiter).to_dict())
-    _console().print(f"wrote {len(todo) * args.n} samples to {out}")
+    sample_jsonl(
+        out, engine, task, problems, lambda p: p.prompt, args.n,
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        bar=progress_bar, description=f"sampling {task.name}",
+    )  # fmt: skip
+    _console().print(f"wrote {sum(args.n - done.get(p.id, 0) for p in todo)} samples to {out}")
     return 0
 
 

@@ -13,7 +13,7 @@ from reasonloop.core.jsonl import (
     repair_jsonl,
 )
 from reasonloop.core.rundir import RunDir
-from reasonloop.core.seeding import seed_everything, set_threads
+from reasonloop.core.seeding import derive_seed, seed_everything, set_threads
 from reasonloop.core.types import (
     ConfigError,
     DataError,
@@ -55,5 +55,6 @@ __all__ = [
     "set_threads",
     "split_steps",
     "defaults_of",
+    "derive_seed",
     "to_dict",
 ]

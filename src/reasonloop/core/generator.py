@@ -38,7 +38,10 @@ class Generator(Protocol):
     """Anything that writes and scores completions.
 
     `generate` returns, for each prompt, `n` samples. With `stop=[delimiter]` it
-    yields one step at a time. `logprobs` returns, per (prompt, completion) pair,
+    yields one step at a time. A sample's randomness is its own: the `hf` backend
+    draws sample j of prompt i from a stream keyed by (`seed`, i, j), or by
+    (`seeds[i]`, j) when the caller keys prompts itself, never from a stream the
+    whole batch shares. `logprobs` returns, per (prompt, completion) pair,
     the log-probability of each completion token. `counts` accumulates compute.
     """
 

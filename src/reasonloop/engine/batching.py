@@ -10,6 +10,10 @@ so n samples, or many rollouts from one prefix, encode the prompt once. When no
 row is left waiting, finished slots are dropped from the batch once they are an
 eighth of it, so the tail of long rows runs on a small batch.
 
+Randomness is per row: a row brings its own `max_new` uniforms (`noise`) into
+its slot, and its t-th token uses the t-th of them, so what a row draws does not
+depend on the slot it lands in, on its neighbours, or on when slots are dropped.
+
 Memory: `max_batch` slots of cache plus the prefill of one group of prompts,
 whatever the number of rows.
 """
@@ -23,7 +27,9 @@ import torch
 
 from reasonloop.engine.fast import Cache, FastDecoder
 
-Sampler = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # logits (B, V) -> tokens, logprobs
+# logits (B, V), one uniform per slot (B,) or None -> tokens (B,), logprobs (B,)
+Sampler = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
+NoiseFn = Callable[[list[int]], torch.Tensor | None]  # rows -> their (len(rows), max_new) uniforms, or None
 StopFn = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
 ]  # tok, out_tok, ngen, live -> (B,) bool
@@ -77,6 +83,7 @@ class RowDecoder:
         stops: StopFn,
         share_prefix: bool = True,
         on_done: Callable[[int], None] | None = None,
+        noise: NoiseFn | None = None,
     ) -> list[RowResult]:
         n_rows = len(row_prompts)
         results: list[RowResult | None] = [None] * n_rows
@@ -104,6 +111,7 @@ class RowDecoder:
         alive = torch.zeros(B, dtype=torch.bool)
         out_tok = torch.zeros(B, max_new, dtype=torch.long)
         out_lp = torch.zeros(B, max_new)
+        slot_u: torch.Tensor | None = None  # (B, max_new) the uniforms of the row in each slot
         logits: torch.Tensor | None = None
 
         while True:
@@ -139,6 +147,11 @@ class RowDecoder:
                     logits[s_t] = group.logits[i_t]
                     pos[s_t] = torch.tensor([group.lengths[i] for i in i_list])
                 rows[slots] = torch.tensor(take)
+                u_take = noise(take) if noise is not None else None
+                if u_take is not None:
+                    if slot_u is None:
+                        slot_u = torch.zeros(B, max_new)
+                    slot_u[slots] = u_take
                 ngen[slots] = 0
                 alive[slots] = True
             # 2. with nobody waiting, drop finished slots once they are an eighth of the batch
@@ -151,10 +164,13 @@ class RowDecoder:
                 cache = FastDecoder.select(cache, keep, t_keep)
                 rows, pos, ngen, alive = rows[keep], pos[keep], ngen[keep], alive[keep]
                 out_tok, out_lp, logits = out_tok[keep], out_lp[keep], logits[keep]
+                slot_u = slot_u[keep] if slot_u is not None else None
                 B = len(keep)
             # 3. sample one token per slot; record it for live rows
             assert logits is not None
-            tok, lp = sample(logits)  # (B,), (B,)
+            # a finished slot waiting to be dropped has ngen == max_new: clamp its (unused) draw into range
+            u = slot_u.gather(1, ngen.clamp(max=max_new - 1)[:, None]).squeeze(1) if slot_u is not None else None
+            tok, lp = sample(logits, u)  # (B,), (B,)
             live = torch.nonzero(alive).flatten()
             out_tok[live, ngen[live]] = tok[live]
             out_lp[live, ngen[live]] = lp[live]

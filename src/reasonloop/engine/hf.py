@@ -7,7 +7,13 @@
   bounded by the batch, not by `len(prompts) * n`.
 - Finished rows leave the batch as soon as enough of them have finished.
 - Temperature, top-p, stop strings (one step at a time with `stop=[delimiter]`),
-  per-token logprobs under the untempered model, deterministic for a seed.
+  per-token logprobs under the untempered model.
+- Randomness per row: sample j of prompt i draws its uniforms from its own
+  stream, seeded by `derive_seed(seeds[i], j)` (`seeds[i]` defaults to
+  `derive_seed(seed, i)`). What a row draws does not depend on the other rows of
+  the call, on `max_batch`, or on the order rows finish, so a caller that keys
+  `seeds` by problem (the resumable samplers do) gets the same samples whether a
+  problem is sampled alone, in any batch, or after a resume.
 - `counts` accumulates tokens generated, prompt tokens encoded and tokens scored.
 
 Llama-family models run on `FastDecoder`; other architectures fall back to
@@ -21,18 +27,28 @@ from collections.abc import Callable
 
 import torch
 
-from reasonloop.core import Sample, TokenCounts
+from reasonloop.core import Sample, TokenCounts, derive_seed
 from reasonloop.engine import fast
 from reasonloop.engine.batching import RowDecoder
 
 ProgressFn = Callable[[int], None]
 
 
+def row_uniforms(seeds: list[int], length: int) -> torch.Tensor:
+    """(R, length) uniforms in [0, 1): row r's come from its own generator seeded by `seeds[r]`, so they are the
+    same whatever rows are drawn with it. One generator call per row, not per decoding step."""
+    out = torch.empty(len(seeds), length)
+    gen = torch.Generator()  # reseeded for every row (reseeding resets its whole state)
+    for r, s in enumerate(seeds):
+        torch.rand(length, generator=gen.manual_seed(s), out=out[r])
+    return out
+
+
 def _sample_tokens(
     logits: torch.Tensor,  # (B, V) float32
     temperature: float,
     top_p: float,
-    gen: torch.Generator,
+    u: torch.Tensor | None,  # (B,) one uniform in [0, 1) per row; unused (may be None) when greedy
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row; return (tokens (B,), their logprobs under the raw model (B,))."""
     logp = torch.log_softmax(logits, dim=-1)
@@ -49,8 +65,9 @@ def _sample_tokens(
             scaled = torch.full_like(scaled, float("-inf")).scatter(1, order, sorted_logits)
         # inverse-CDF sampling: one uniform per row (multinomial draws noise for every vocabulary entry)
         cdf = scaled.softmax(dim=-1).cumsum(dim=-1)  # (B, V)
-        u = torch.rand(cdf.shape[0], 1, generator=gen) * cdf[:, -1:]
-        tok = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)  # never a p=0 token
+        assert u is not None, "sampling at temperature > 0 needs one uniform per row"
+        tok = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True).squeeze(1)
+        tok = tok.clamp_(max=cdf.shape[1] - 1)  # never a p=0 token
     return tok, logp.gather(1, tok[:, None]).squeeze(1)
 
 
@@ -117,15 +134,29 @@ class HFEngine:
         seed: int = 0,
         top_p: float = 1.0,
         progress: ProgressFn | None = None,
+        seeds: list[int] | None = None,
     ) -> list[list[Sample]]:
-        """`n` samples for each prompt; see the module docstring for the contract."""
+        """`n` samples for each prompt; see the module docstring for the contract.
+
+        `seeds` (one per prompt) keys each prompt's random streams; without it prompt i uses
+        `derive_seed(seed, i)`. Each sample records its prompt's seed in `meta["seed"]`.
+        """
         if n < 1 or max_new_tokens < 1:
             raise ValueError("need n >= 1 and max_new_tokens >= 1")
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
         stop_t = tuple(s for s in (stop or []) if s)
         prompt_ids = [self.encode(p) for p in prompts]
+        prompt_seeds = list(seeds) if seeds is not None else [derive_seed(seed, i) for i in range(len(prompts))]
         rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
         out: list[list[Sample | None]] = [[None] * n for _ in prompts]
-        gen = torch.Generator().manual_seed(seed)
+
+        def noise(take: list[int], length: int) -> torch.Tensor | None:
+            """(len(take), length) uniforms of rows `take`, from each row's own stream (none when greedy)."""
+            if temperature <= 0:
+                return None
+            return row_uniforms([derive_seed(prompt_seeds[rows[r][0]], rows[r][1]) for r in take], length)
+
         self.counts.calls += 1
         if self.decoder is not None:
             self.decoder.refresh()  # the model may have been trained since the last call
@@ -133,10 +164,11 @@ class HFEngine:
             results = decoder.run(
                 [prompt_ids[i] for i, _ in rows],
                 max_new_tokens,
-                sample=lambda logits: _sample_tokens(logits, temperature, top_p, gen),
+                sample=lambda logits, u: _sample_tokens(logits, temperature, top_p, u),
                 stops=self._stop_fn(stop_t),
                 share_prefix=self.share_prefix,
                 on_done=progress,
+                noise=lambda take: noise(take, max_new_tokens),
             )
             self.counts.prefilled += decoder.prefilled
             self.counts.generated += decoder.generated
@@ -144,16 +176,21 @@ class HFEngine:
             for (i, j), res in zip(rows, results):
                 reason = "eos" if res.reason == "stop" and res.tokens[-1] in self.eos_ids else res.reason
                 out[i][j] = self._make_sample(
-                    prompt_ids[i], res.tokens, res.logprobs, reason, stop_t, temperature, seed
+                    prompt_ids[i], res.tokens, res.logprobs, reason, stop_t, temperature, prompt_seeds[i]
                 )
             return out  # type: ignore[return-value]
         for c in range(0, len(rows), self.max_batch):  # other architectures: transformers.generate per chunk
             chunk = rows[c : c + self.max_batch]
             toks, lps, reasons = self._run_chunk_hf(
-                [prompt_ids[i] for i, _ in chunk], temperature, top_p, max_new_tokens, stop_t, gen
+                [prompt_ids[i] for i, _ in chunk],
+                temperature,
+                top_p,
+                max_new_tokens,
+                stop_t,
+                noise(list(range(c, c + len(chunk))), max_new_tokens),
             )
             for (i, j), t, lp, why in zip(chunk, toks, lps, reasons):
-                out[i][j] = self._make_sample(prompt_ids[i], t, lp, why, stop_t, temperature, seed)
+                out[i][j] = self._make_sample(prompt_ids[i], t, lp, why, stop_t, temperature, prompt_seeds[i])
             if progress:
                 progress(len(chunk))
         return out  # type: ignore[return-value]
@@ -198,8 +235,11 @@ class HFEngine:
             meta["stop"] = matched
         return Sample(problem_id="", text=text, token_ids=toks, logprobs=lps, prompt_ids=prompt, meta=meta)
 
-    def _run_chunk_hf(self, prompts: list[list[int]], temperature, top_p, max_new, stop, gen):
-        """Fallback for architectures the fast path does not cover: `transformers.generate`."""
+    def _run_chunk_hf(self, prompts: list[list[int]], temperature, top_p, max_new, stop, uniforms):
+        """Fallback for architectures the fast path does not cover: `transformers.generate`, greedy over logits that
+        `_sample_tokens` has already decided (our sampler, with each row's own uniforms, so both paths draw alike)."""
+        from transformers import LogitsProcessorList
+
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         l_max = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), l_max), pad, dtype=torch.long)
@@ -207,10 +247,12 @@ class HFEngine:
         for r, p in enumerate(prompts):
             ids[r, l_max - len(p) :] = torch.tensor(p)
             mask[r, l_max - len(p) :] = 1
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        kw = (
-            {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-        )
+
+        def pick(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:  # (B, T), (B, V) -> (B, V)
+            u = uniforms[:, input_ids.shape[1] - l_max] if uniforms is not None else None
+            tok, _ = _sample_tokens(scores.float(), temperature, top_p, u)
+            return torch.full_like(scores, float("-inf")).scatter_(1, tok[:, None], 0.0)
+
         with torch.inference_mode():
             res = self.model.generate(
                 input_ids=ids,
@@ -220,7 +262,8 @@ class HFEngine:
                 pad_token_id=pad,
                 output_logits=True,
                 return_dict_in_generate=True,
-                **kw,
+                do_sample=False,
+                logits_processor=LogitsProcessorList([pick]),
             )
         self.counts.prefilled += sum(len(p) for p in prompts)
         new = res.sequences[:, l_max:]  # (B, T)

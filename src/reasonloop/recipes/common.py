@@ -15,6 +15,7 @@ from reasonloop.core import (
     RunDir,
     Sample,
     defaults_of,
+    derive_seed,
     grade_sample,
     read_jsonl,
     repair_jsonl,
@@ -35,9 +36,15 @@ def no_bar(total: int, description: str) -> Iterator[Callable[..., None]]:
     yield lambda *a, **k: None
 
 
-def sample_to_file(
-    run: RunDir,
-    name: str,
+def sample_to_file(run: RunDir, name: str, *args: Any, seed: int, **kwargs: Any) -> list[Sample]:
+    """`sample_jsonl` (same arguments after `path`) into the run's `samples/<name>.jsonl`. Each file has its own
+    random streams (the seed is `derive_seed(seed, name)`), so a round's plain and hinted samples of one problem
+    are drawn independently."""
+    return sample_jsonl(run.samples_path(name), *args, seed=derive_seed(seed, name), description=name, **kwargs)
+
+
+def sample_jsonl(
+    path: Path,
     engine: HFEngine,
     task: Task,
     problems: list[Problem],
@@ -47,34 +54,43 @@ def sample_to_file(
     temperature: float,
     max_new_tokens: int,
     seed: int,
+    top_p: float = 1.0,
     bar: BarFactory = no_bar,
+    description: str = "sampling",
 ) -> list[Sample]:
-    """`n` graded samples per problem in `samples/<name>.jsonl`, resuming what a killed run left.
+    """`n` graded samples per problem in JSONL `path`, resuming what a killed run left; the first `n` per problem.
 
     Each sample carries (problem_id, sample_index); a rerun tops up problems
-    with fewer than `n` samples, so none is lost or written twice.
+    with fewer than `n` samples, so none is lost or written twice. Sample j of
+    problem p draws from its own random stream, `derive_seed(derive_seed(seed,
+    p.id), j)` (see `reasonloop.engine.hf`), so its tokens do not depend on
+    which problems share its batch. The batches are also fixed: groups of
+    `engine.max_batch // n` consecutive problems of `problems`, not of what is
+    left, and a rerun regenerates a partly written group whole (writing only
+    what is missing). So a resumed run repeats the very calls of an
+    uninterrupted one, float rounding of the logprobs included, and the file
+    ends up byte for byte the same (same machine and thread count).
     """
-    path = run.samples_path(name)
     have: dict[str, list[Sample]] = {}
     if path.exists():
         repair_jsonl(path)
         for rec in read_jsonl(path):
             s = Sample.from_dict(rec)
             have.setdefault(s.problem_id, []).append(s)
-    todo = [p for p in problems if len(have.get(p.id, [])) < n]
-    if todo:
-        per_call = max(1, engine.max_batch // n)
-        with bar(sum(n - len(have.get(p.id, [])) for p in todo), name) as advance, JsonlWriter(path) as w:
-            for b in range(0, len(todo), per_call):
-                group = todo[b : b + per_call]
-                # the seed depends on the problems, not on how far an earlier run got
-                call_seed = seed * 1_000_003 + sum(hash_id(p.id) for p in group) % 1_000_003
+    per_call = max(1, engine.max_batch // n)
+    groups = [problems[b : b + per_call] for b in range(0, len(problems), per_call)]
+    groups = [g for g in groups if any(len(have.get(p.id, [])) < n for p in g)]
+    if groups:
+        total = sum(max(0, n - len(have.get(p.id, []))) for g in groups for p in g)
+        with bar(total, description) as advance, JsonlWriter(path) as w:
+            for group in groups:
                 out = engine.generate(
                     [prompt_of(p) for p in group],
                     n,
                     temperature=temperature,
+                    top_p=top_p,
                     max_new_tokens=max_new_tokens,
-                    seed=call_seed,
+                    seeds=[derive_seed(seed, p.id) for p in group],
                 )
                 for p, samples in zip(group, out):
                     start = len(have.get(p.id, []))
@@ -83,15 +99,8 @@ def sample_to_file(
                         grade_sample(task.grade, p, s, task.step_delimiter)
                         w.write(s.to_dict())
                         have.setdefault(p.id, []).append(s)
-                    advance(n - start)
+                    advance(max(0, n - start))
     return [s for p in problems for s in have.get(p.id, [])[:n]]
-
-
-def hash_id(text: str) -> int:
-    """A hash of a string that is stable across processes (Python's `hash` is salted)."""
-    import hashlib
-
-    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:4], "big")
 
 
 def finetune(

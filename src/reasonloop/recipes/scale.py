@@ -138,21 +138,25 @@ def _cell(run: RunDir, cfg: ScaleConfig, spec: tuple, budget: int, seed: int, pr
     if path.exists():
         repair_jsonl(path)
         done = {r["problem_id"]: r for r in read_jsonl(path)}
-    todo = [p for p in problems if p.id not in done]
-    if todo:
-        with bar(len(todo), f"{label} N={budget} seed {seed}") as advance, JsonlWriter(path) as w:
+    step = SAMPLING_CHUNK if strategy in SAMPLING else 1
+    # fixed chunks of `problems`, not of what is left, and a partly written chunk is redone whole (only its missing
+    # lines written): a resumed cell makes the very calls, with the very seeds, of an uninterrupted one
+    chunks = [problems[c : c + step] for c in range(0, len(problems), step)]
+    chunks = [(c * step, chunk) for c, chunk in enumerate(chunks) if any(p.id not in done for p in chunk)]
+    if chunks:
+        todo = sum(p.id not in done for _, chunk in chunks for p in chunk)
+        with bar(todo, f"{label} N={budget} seed {seed}") as advance, JsonlWriter(path) as w:
             kw = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
-            step = SAMPLING_CHUNK if strategy in SAMPLING else 1
-            index = {p.id: i for i, p in enumerate(problems)}  # a problem's seed does not depend on what is done
-            for c in range(0, len(todo), step):
-                chunk = todo[c : c + step]
-                run_seed = seed * 100_003 + budget * 1_009 + index[chunk[0].id]
+            for first, chunk in chunks:
+                run_seed = seed * 100_003 + budget * 1_009 + first
                 if strategy in SAMPLING:  # batched across problems: one generator call per chunk
                     outcomes = solve_sampling(chunk, task, engine, verifier, strategy, budget, seed=run_seed, **kw)
                 else:
                     tree_kw = dict(max_depth=cfg.max_depth, lookahead=cfg.lookahead, seed=run_seed)
                     outcomes = [solve(p, task, engine, verifier, strategy, budget, **tree_kw, **kw) for p in chunk]
                 for p, o in zip(chunk, outcomes):
+                    if p.id in done:
+                        continue
                     rec = {
                         "problem_id": p.id,
                         "answer": o.answer,
