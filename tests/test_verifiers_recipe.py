@@ -17,10 +17,10 @@ from .conftest import top_reward, vote_credit
 def test_verifiers_then_scale_end_to_end(tmp_path, solver_tiny_dir, capsys):
     cfg = VerifiersConfig(
         generator=str(solver_tiny_dir), n_train=10, samples=4, mc_k=2, epochs=1, n_eval=6, best_of=4,
-        max_new_tokens=24, batch_size=8, genrm_votes=2,
+        max_new_tokens=24, batch_size=8, genrm_votes=2, kinds="orm,prm,pav,bt,dpo,genrm,genrm_cot",
     )  # fmt: skip
     res = run_verifiers(cfg, tmp_path / "v", log=lambda s: None)
-    assert set(res["verifiers"]) == {"orm", "prm", "pav", "bt", "dpo", "genrm"}
+    assert set(res["verifiers"]) == {"orm", "prm", "pav", "bt", "dpo", "genrm", "genrm_cot"}
     # the curves from the held-out samples file (6 problems x 4, problem-major) and each verifier's own scores
     held = list(read_jsonl(tmp_path / "v" / "samples" / "heldout.jsonl"))
     groups = [held[i : i + 4] for i in range(0, 24, 4)]
@@ -35,11 +35,13 @@ def test_verifiers_then_scale_end_to_end(tmp_path, solver_tiny_dir, capsys):
             sum(top_reward(g[:n], scores[4 * i : 4 * i + n]) for i, g in enumerate(groups)) / 6 for n in range(1, 5)
         ]
         assert res["verifiers"][kind]["best_of_n"] == pytest.approx(best), kind
-    assert res["verifiers"]["genrm"]["best_of_n"][0] == res["majority_vote"][0]  # one sample: every rule picks it
+    for kind in ("genrm", "genrm_cot"):  # one sample: every rule picks it
+        assert res["verifiers"][kind]["best_of_n"][0] == res["majority_vote"][0]
+    assert json.loads((tmp_path / "v" / "genrm_cot" / "reasonloop_verifier.json").read_text())["checks"] is True
     report = (tmp_path / "v" / "report.md").read_text()
     assert "Error-step identification" in report and (tmp_path / "v" / "plots" / "best_of_n.png").stat().st_size > 0
     # every kind loads from its directory and scores partial solutions
-    for kind in ("orm", "prm", "pav", "bt", "dpo", "genrm"):
+    for kind in ("orm", "prm", "pav", "bt", "dpo", "genrm", "genrm_cot"):
         v = load_verifier(tmp_path / "v" / kind)
         (score,) = v.score_prefixes(["Q: 1+2\n"], [["1+2=3"]])
         assert isinstance(score, float) and v.tokens_scored > 0

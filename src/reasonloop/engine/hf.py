@@ -297,9 +297,32 @@ class HFEngine:
             out.extend(self._score_chunk(ps, cs))
         return out
 
-    def _score_chunk(self, ps: list[list[int]], cs: list[list[int]]) -> list[list[float]]:
+    @torch.inference_mode()
+    def next_token_logprobs(self, segments: list[list[str]], token_ids: list[int]) -> list[list[list[float]]]:
+        """Log-probabilities of `token_ids` as the next token after each segment of each row, one forward per row.
+
+        A row is a prompt followed by segments that continue it; each segment is
+        tokenised on its own (as `logprobs` tokenises a completion), so the token
+        after segment i is the first token of segment i+1. Returns (rows, segments,
+        len(token_ids)). Prompt tokens count as prefilled, the rest as scored.
+        """
+        out: list[list[list[float]]] = []
+        ids = torch.tensor(token_ids, dtype=torch.long)
+        for c in range(0, len(segments), self.max_batch):
+            rows = segments[c : c + self.max_batch]
+            pieces = [[self.encode(r[0])] + [self.tokenizer(x, add_special_tokens=False)["input_ids"] for x in r[1:]]
+                      for r in rows]  # fmt: skip
+            logp = self._forward_logprobs([sum(p, []) for p in pieces])  # (B, T, V)
+            for r, p in enumerate(pieces):
+                ends = torch.tensor([len(x) for x in p]).cumsum(0) - 1  # the last token of each segment
+                out.append(logp[r, ends][:, ids].tolist())
+                self.counts.prefilled += len(p[0])
+                self.counts.scored += sum(len(x) for x in p[1:])
+        return out
+
+    def _forward_logprobs(self, full: list[list[int]]) -> torch.Tensor:
+        """Log-softmax over the vocabulary at every position of right-padded rows: (B, T, V)."""
         pad = self.tokenizer.pad_token_id or 0
-        full = [p + c for p, c in zip(ps, cs)]
         l_max = max(len(f) for f in full)
         ids = torch.full((len(full), l_max), pad, dtype=torch.long)
         for r, f in enumerate(full):
@@ -311,7 +334,10 @@ class HFEngine:
         else:
             mask = (torch.arange(l_max)[None] < torch.tensor([len(f) for f in full])[:, None]).long()
             logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
+        return torch.log_softmax(logits, dim=-1)
+
+    def _score_chunk(self, ps: list[list[int]], cs: list[list[int]]) -> list[list[float]]:
+        logp = self._forward_logprobs([p + c for p, c in zip(ps, cs)])  # (B, T, V)
         out = []
         for r, (p, c) in enumerate(zip(ps, cs)):
             pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)

@@ -15,6 +15,10 @@
    - `genrm`: the generative verifier, fine-tuned on verification texts (the
      world's worked solution as the rationale, then `Correct? Yes/No`) for the
      same samples; score = P(Yes) averaged over `genrm_votes` sampled verifications;
+   - `genrm_cot`: GenRM-CoT with step checks: the rationale checks the sample
+     step by step (the world's `verification_checks`), each step ending in
+     `ok` / `wrong`; optionally mixed with the correct samples' solutions
+     (`genrm_solutions`); score as `genrm`, step scores from the per-step verdicts;
 4. sample `best_of` solutions per held-out problem and report, per verifier: AUROC
    of correct vs incorrect over all samples and within each problem, best-of-n
    for n = 1..N, weighted vote, and ProcessBench-style error-step F1 (threshold
@@ -45,6 +49,7 @@ from reasonloop.verifiers import (
     DpoVerifierConfig,
     GenRMConfig,
     ValueVerifierConfig,
+    check_pairs,
     mc_step_values,
     orm_examples,
     pav_examples,
@@ -57,8 +62,11 @@ from reasonloop.verifiers import (
 )
 from reasonloop.verifiers.registry import load_verifier, write_manifest
 
-KINDS = ("orm", "prm", "pav", "bt", "dpo", "genrm")
-NAMES = {"orm": "ORM", "prm": "PRM", "pav": "PAV", "bt": "Bradley-Terry", "dpo": "DPO (V-STaR)", "genrm": "GenRM"}
+KINDS = ("orm", "prm", "pav", "bt", "dpo", "genrm", "genrm_cot")
+NAMES = {
+    "orm": "ORM", "prm": "PRM", "pav": "PAV", "bt": "Bradley-Terry", "dpo": "DPO (V-STaR)", "genrm": "GenRM",
+    "genrm_cot": "GenRM-CoT (step checks)",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,7 @@ class VerifiersConfig:
 
     generator: str = "nano"  # the model that writes solutions; every verifier starts from it
     task: str = "arith"  # a world with exact step checks, with options: arith, countdown:n_numbers=3
-    kinds: str = "orm,prm,pav,bt,dpo,genrm"  # comma-separated subset of orm, prm, pav, bt, dpo, genrm
+    kinds: str = "orm,prm,pav,bt,dpo,genrm"  # comma-separated subset of orm, prm, pav, bt, dpo, genrm, genrm_cot
     n_train: int = bounded(500, ge=1)  # training problems (train split)
     samples: int = bounded(4, ge=1)  # solutions sampled per training problem
     mc_k: int = bounded(8, ge=1)  # rollouts per step prefix for the PRM / PAV labels
@@ -75,6 +83,7 @@ class VerifiersConfig:
     prover_k: int = bounded(4, ge=1)  # the PAV prover is best-of-k of the generator
     alpha: float = bounded(1.0, ge=0)  # PAV: weight of the prover's advantage
     genrm_votes: int = bounded(4, ge=1)  # GenRM: sampled verifications averaged per score
+    genrm_solutions: bool = False  # GenRM-CoT: also train on the correct samples' solutions (the paper's mix)
     epochs: float = bounded(6.0, gt=0)  # passes over each verifier's data
     lr: float = bounded(1e-3, gt=0)  # value-head verifiers' learning rate
     batch_size: int = bounded(32, ge=1)  # examples (or pairs) per optimiser step
@@ -144,6 +153,7 @@ def train_verifiers(
         write_manifest(run.path / "orm", kind="value", model="verifier", aggregate="last")
         out["orm"] = run.path / "orm"
     pairs = preference_pairs(train, samples, 4, cfg.seed)
+    gcfg = GenRMConfig(epochs=min(cfg.epochs, 3.0), batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
     if "bt" in kinds:
         log(f"training the Bradley-Terry model on {len(pairs)} pairs")
         split = [(p, split_steps(a, task.step_delimiter), split_steps(b, task.step_delimiter)) for p, a, b in pairs]
@@ -161,10 +171,27 @@ def train_verifiers(
             raise ValueError(f"genrm needs worked solutions for the rationales; task {cfg.task!r} has none")
         texts = verification_pairs(train, samples, lambda p: p.meta["solution"])
         log(f"training GenRM on {len(texts)} verification texts")
-        gcfg = GenRMConfig(epochs=min(cfg.epochs, 3.0), batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
         train_genrm(gen, texts, run.path / "genrm", gcfg)
         write_manifest(run.path / "genrm", kind="genrm", model="verifier", votes=cfg.genrm_votes, aggregate="last")
         out["genrm"] = run.path / "genrm"
+    if "genrm_cot" in kinds:
+        checks = getattr(task, "verification_checks", None)  # only the built-in worlds have exact step checkers
+        if checks is None:
+            raise ValueError(f"genrm_cot needs a world with step checks (arith, countdown), not {cfg.task!r}")
+        texts = check_pairs(train, samples, checks, task.step_delimiter)
+        # the longest training rationale, twice over: room for the verification of any held-out sample
+        budget = 2 * max(len(engine.tokenizer(c, add_special_tokens=False)["input_ids"]) for _, c in texts)
+        if cfg.genrm_solutions:
+            texts += [(by_id[s.problem_id].prompt, s.text) for s in samples if s.reward == 1.0]
+        log(f"training GenRM-CoT on {len(texts)} texts")
+        # its rationales are several times longer than the re-solving ones: it trains for all `epochs`
+        ccfg = GenRMConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+        train_genrm(gen, texts, run.path / "genrm_cot", ccfg)
+        write_manifest(
+            run.path / "genrm_cot", kind="genrm", model="verifier", votes=cfg.genrm_votes, aggregate="last",
+            checks=True, max_new_tokens=budget,
+        )  # fmt: skip
+        out["genrm_cot"] = run.path / "genrm_cot"
     return {k: out[k] for k in kinds}
 
 

@@ -196,6 +196,60 @@ class ArithTask(WorldTask):
                 labels.append(ans is not None and k == len(chain.ops) and ans == str(value))
         return labels
 
+    def verification_checks(self, problem: Problem, steps: list[str]) -> list[tuple[str, bool]]:
+        """A checker's note on each step and whether it passes, up to the first that fails (GenRM-CoT rationales).
+
+        An operation step is checked for its left operand (the value so far), the
+        operator and operand it takes from the question (the next ones), and its
+        arithmetic; the answer line for stating the last value once every operation
+        is done. The notes stop at the first failing step, the one `first_error`
+        names; steps that all pass but never state an answer get a closing failed
+        note. The verdict (all pass) is process correctness: a right answer reached
+        through a wrong step fails here although `is_correct` accepts it.
+
+        >>> t = ArithTask()
+        >>> p = t.problem_from_chain(parse_expression("12+7*3-5"))
+        >>> t.verification_checks(p, ["12+7=19", "19*3=56", "56-5=51", "A: 51"])
+        [('value 12, next +7; 12+7=19', True), ('value 19, next *3; 19*3=57 not 56', False)]
+        >>> t.verification_checks(p, ["12+7=19", "19-5=14"])[1:]
+        [('value 19, next *3 not -5', False)]
+        """
+        chain = parse_expression(problem.prompt.removeprefix("Q:").strip().split()[0])
+        value, k = chain.start, 0
+        notes: list[tuple[str, bool]] = []
+        for step in steps:
+            m = STEP_RE.match(step)
+            if m:
+                a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+                if k >= len(chain.ops):
+                    note, ok = f"value {value}, no operation left", False
+                elif a != value:
+                    note, ok = f"value {value} not {a}", False
+                elif (op, b) != chain.ops[k]:
+                    note, ok = f"value {value}, next {''.join(map(str, chain.ops[k]))} not {op}{b}", False
+                elif not step_arithmetic_is_right(step):
+                    right = "not whole" if op == "/" and (b == 0 or a % b) else f"{a}{op}{b}={OPS[op](a, b)}"
+                    note, ok = f"value {value}, next {op}{b}; {right} not {c}", False
+                else:
+                    note, ok = f"value {value}, next {op}{b}; {a}{op}{b}={c}", True
+                value, k = c, k + 1
+            else:
+                ans = self.extract_answer(step)
+                if ans is None:
+                    note, ok = "not a step", False
+                elif k < len(chain.ops):
+                    note, ok = f"answer {ans} with {len(chain.ops) - k} operations left", False
+                elif ans != str(value):
+                    note, ok = f"answer {ans} not {value}", False
+                else:
+                    note, ok = f"answer {ans} is the value", True
+            notes.append((note, ok))
+            if not ok:
+                return notes
+        if not steps or self.extract_answer(steps[-1]) is None:
+            notes.append(("no answer", False))
+        return notes
+
     def first_error(self, problem: Problem, steps: list[str]) -> int | None:
         """Index of the first wrong step, or None if every step is right."""
         for i, ok in enumerate(self.step_labels(problem, steps)):

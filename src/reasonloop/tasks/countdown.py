@@ -181,6 +181,64 @@ class CountdownTask(WorldTask):
                 return i
         return None
 
+    def verification_checks(self, problem: Problem, steps: list[str]) -> list[tuple[str, bool]]:
+        """A checker's note on each step and whether it passes, up to the first that fails (GenRM-CoT rationales).
+
+        An operation step is checked for the numbers it uses (still available?), its
+        arithmetic, and whether the target can still be reached from what is left;
+        the answer line for stating the target its last step reached. The notes
+        stop at the first failing step, so it is the one `first_error` names; a
+        solution whose steps all pass but that never states an answer gets a closing
+        failed note. The verdict (all pass) is `is_correct`.
+
+        >>> t = CountdownTask()
+        >>> p = Problem("x", "Q: 30 from 3 4 6\\n", "30", {"numbers": [3, 4, 6], "target": 30})
+        >>> t.verification_checks(p, ["3+4=7", "7*6=42", "A: 42"])
+        [('have 3 4 6; 3+4=7; left 6 7; 30 unreachable', False)]
+        >>> t.verification_checks(p, ["4+6=10", "10*3=30", "A: 30"])[1:]
+        [('have 3 10; 10*3=30; left 30; 30 reachable', True), ('answer 30 reached', True)]
+        """
+        target = int(problem.answer)
+        pool = Counter(problem.meta["numbers"])
+        last: int | None = None
+        notes: list[tuple[str, bool]] = []
+        for step in steps:
+            have = "have " + " ".join(map(str, sorted(pool.elements())))
+            m = STEP_RE.match(step)
+            if m:
+                a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+                missing = Counter([a, b]) - pool
+                if missing:
+                    note, ok = f"{have}; no {' '.join(map(str, sorted(missing.elements())))}", False
+                elif op == "/" and (b == 0 or a % b):
+                    note, ok = f"{have}; {a}/{b} not whole", False
+                elif OPS[op](a, b) != c:
+                    note, ok = f"{have}; {a}{op}{b}={OPS[op](a, b)} not {c}", False
+                elif c < 0:
+                    note, ok = f"{have}; {c} below 0", False
+                else:
+                    pool = pool - Counter([a, b]) + Counter([c])
+                    left = " ".join(map(str, sorted(pool.elements())))
+                    ok = reachable(tuple(sorted(pool.elements())), target)
+                    note = f"{have}; {a}{op}{b}={c}; left {left}; {target} {'reachable' if ok else 'unreachable'}"
+                last = c
+            else:
+                ans = self.extract_answer(step)
+                if ans is None:
+                    note, ok = "not a step", False
+                elif ans != problem.answer:
+                    note, ok = f"answer {ans} not {target}", False
+                elif last != target:
+                    note, ok = f"answer {ans} but last {last}", False
+                else:
+                    note, ok = f"answer {ans} reached", True
+            notes.append((note, ok))
+            if not ok:
+                return notes
+        if not steps or re.match(r"A:", steps[-1]) is None:
+            notes.append(("no answer", False))
+        return notes
+
     def is_correct(self, problem: Problem, completion: str) -> bool:
         """Every step is a legal operation and the answer line states the target it reached.
 

@@ -4,12 +4,19 @@
 - `ValueVerifier`: a value head, trained as an ORM (`orm_examples`), a PRM with Monte-Carlo labels
   (`mc_step_values`, `prm_examples`) or a Bradley-Terry reward model (`train_bt_verifier`);
 - `PavVerifier`: the process advantage verifier (value plus alpha times the prover's advantage);
-- `GenRMVerifier`: the generative verifier (P(Yes) after sampled verifications).
+- `GenRMVerifier`: the generative verifier (P(Yes) after sampled verifications; GenRM-CoT with step checks).
 """
 
 from reasonloop.verifiers.aggregate import STEP_AGGREGATES, aggregate_steps
 from reasonloop.verifiers.dpo import DpoVerifier, DpoVerifierConfig, preference_pairs, train_dpo_verifier
-from reasonloop.verifiers.genrm import GenRMConfig, GenRMVerifier, train_genrm, verification_pairs
+from reasonloop.verifiers.genrm import (
+    GenRMConfig,
+    GenRMVerifier,
+    Verdicts,
+    check_pairs,
+    train_genrm,
+    verification_pairs,
+)
 from reasonloop.verifiers.pav import PavVerifier, best_of_k_values, pav_examples, step_advantages
 from reasonloop.verifiers.value import (
     StepExample,
@@ -32,7 +39,9 @@ __all__ = [
     "StepExample",
     "ValueVerifier",
     "ValueVerifierConfig",
+    "Verdicts",
     "aggregate_steps",
+    "check_pairs",
     "best_of_k_values",
     "mc_step_values",
     "orm_examples",

@@ -4,6 +4,7 @@
     {"kind": "pav", "value": "../prm", "prover": "prover", "alpha": 1.0, "aggregate": "min"}
     {"kind": "dpo", "policy": "policy", "reference": "/path/to/generator", "aggregate": "sum"}
     {"kind": "genrm", "model": "verifier", "votes": 4, "aggregate": "last"}
+    {"kind": "genrm", "model": "verifier", "votes": 4, "checks": true, "max_new_tokens": 300}   # GenRM-CoT
 
 Relative paths are relative to the verifier's directory. `load_verifier(dir)`
 returns an object with `score`, `score_steps`, `score_many`, `score_prefixes`
@@ -64,5 +65,8 @@ def load_verifier(directory: str | Path):
     if kind == "dpo":
         return DpoVerifier.from_dirs(at("policy"), at("reference"), aggregate=spec.get("aggregate", "sum"))
     if kind == "genrm":
-        return GenRMVerifier.from_dir(at("model"), votes=spec.get("votes", 4), aggregate=spec.get("aggregate", "last"))
+        return GenRMVerifier.from_dir(
+            at("model"), votes=spec.get("votes", 4), aggregate=spec.get("aggregate", "last"),
+            checks=spec.get("checks", False), max_new_tokens=spec.get("max_new_tokens", 96),
+        )  # fmt: skip
     raise ReasonloopError(f"{path}: unknown verifier kind {kind!r}; expected one of {', '.join(KINDS)}")
