@@ -11,6 +11,8 @@ world's check for a grader file changes every one of them at once.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,3 +63,54 @@ def mean_score(grader: Grader, problems: list[Problem], completions: list[str]) 
     if len(problems) != len(completions) or not problems:
         raise ValueError("need one completion per problem, and at least one problem")
     return sum(grader(p, c).score for p, c in zip(problems, completions)) / len(problems)
+
+
+FENCE_RE = re.compile(r"```[ \t]*(\w*)[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def extract_json(text: str) -> tuple[dict[str, Any] | None, str]:
+    """The JSON object in `text`: the whole text, else the last ```json fence, else the first `{...}` that parses.
+
+    Returns `(object, "")` or `(None, reason)`.
+
+    >>> extract_json('Sure! ```json\\n{"a": 1}\\n``` done')
+    ({'a': 1}, '')
+    >>> extract_json('answer: {"a": [1, 2]} and more')
+    ({'a': [1, 2]}, '')
+    >>> extract_json('{"a": 1,}')
+    (None, 'no JSON object found (invalid JSON: Expecting property name enclosed in double quotes at 1:9)')
+    """
+    candidates = [text.strip()] + [body for lang, body in reversed(FENCE_RE.findall(text)) if lang in ("json", "")]
+    first_error = ""
+    for c in candidates:
+        try:
+            obj = json.loads(c)
+        except json.JSONDecodeError as e:
+            first_error = first_error or f"invalid JSON: {e.msg} at {e.lineno}:{e.colno}"
+            continue
+        if isinstance(obj, dict):
+            return obj, ""
+        first_error = first_error or f"expected a JSON object, got {type(obj).__name__}"
+    decoder = json.JSONDecoder()
+    for m in re.finditer(r"\{", text):
+        try:
+            obj, _ = decoder.raw_decode(text, m.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj, ""
+    return None, f"no JSON object found ({first_error})" if first_error else "no JSON object found"
+
+
+def prf(predicted: set, reference: set) -> tuple[float, float, float]:
+    """Precision, recall, F1 of two item sets; an empty prediction of an empty reference is perfect.
+
+    >>> prf({1, 2, 3}, {2, 3, 4, 5})
+    (0.6666666666666666, 0.5, 0.5714285714285715)
+    """
+    if not predicted and not reference:
+        return 1.0, 1.0, 1.0
+    hit = len(predicted & reference)
+    p = hit / len(predicted) if predicted else 0.0
+    r = hit / len(reference) if reference else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)

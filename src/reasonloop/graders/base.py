@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from reasonloop.core import DataError, Grade, Grader, Problem  # noqa: F401 - Grade and Grader are re-exported
+from reasonloop.core.grading import FENCE_RE, extract_json  # noqa: F401 - re-exported for the graders
 
 
 class SampleFieldError(DataError):
@@ -45,41 +46,6 @@ def grades_missing_fields_zero(fn: Callable[..., Grade]) -> Callable[..., Grade]
 
 
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
-FENCE_RE = re.compile(r"```[ \t]*(\w*)[ \t]*\n(.*?)```", re.DOTALL)
-
-
-def extract_json(text: str) -> tuple[dict[str, Any] | None, str]:
-    """The JSON object in `text`: the whole text, else the last ```json fence, else the first `{...}` that parses.
-
-    Returns `(object, "")` or `(None, reason)`.
-
-    >>> extract_json('Sure! ```json\\n{"a": 1}\\n``` done')
-    ({'a': 1}, '')
-    >>> extract_json('answer: {"a": [1, 2]} and more')
-    ({'a': [1, 2]}, '')
-    >>> extract_json('{"a": 1,}')
-    (None, 'no JSON object found (invalid JSON: Expecting property name enclosed in double quotes at 1:9)')
-    """
-    candidates = [text.strip()] + [body for lang, body in reversed(FENCE_RE.findall(text)) if lang in ("json", "")]
-    first_error = ""
-    for c in candidates:
-        try:
-            obj = json.loads(c)
-        except json.JSONDecodeError as e:
-            first_error = first_error or f"invalid JSON: {e.msg} at {e.lineno}:{e.colno}"
-            continue
-        if isinstance(obj, dict):
-            return obj, ""
-        first_error = first_error or f"expected a JSON object, got {type(obj).__name__}"
-    decoder = json.JSONDecoder()
-    for m in re.finditer(r"\{", text):
-        try:
-            obj, _ = decoder.raw_decode(text, m.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            return obj, ""
-    return None, f"no JSON object found ({first_error})" if first_error else "no JSON object found"
 
 
 def item_fields(problem: Problem) -> dict[str, Any]:

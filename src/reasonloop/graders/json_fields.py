@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reasonloop.core import Problem, bounded
+from reasonloop.core.grading import prf
 from reasonloop.graders.base import Grade, extract_json, grades_missing_fields_zero, render_key
 
 SCORES = ("f1", "precision", "recall")
@@ -55,20 +56,6 @@ def _items(obj: dict[str, Any], fields: list[str], cfg: JsonFieldsConfig) -> set
         values = obj[f] if isinstance(obj[f], list) else [obj[f]]
         items.update((f, _norm(v, cfg)) for v in values)
     return items
-
-
-def prf(predicted: set, reference: set) -> tuple[float, float, float]:
-    """Precision, recall, F1 of two item sets; an empty prediction of an empty reference is perfect.
-
-    >>> prf({1, 2, 3}, {2, 3, 4, 5})
-    (0.6666666666666666, 0.5, 0.5714285714285715)
-    """
-    if not predicted and not reference:
-        return 1.0, 1.0, 1.0
-    hit = len(predicted & reference)
-    p = hit / len(predicted) if predicted else 0.0
-    r = hit / len(reference) if reference else 0.0
-    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
 
 
 @grades_missing_fields_zero

@@ -12,8 +12,8 @@ order, written compactly, as the canonical solution writes it)::
 
 This is the task reinforcement fine-tuning is sold on: a few dozen graded
 examples of a format the base half knows. The world's own grade is the
-field-level F1 of the extracted object (`graders.json_fields`: list fields
-count one item per element), so a half-right object earns partial credit;
+field-level F1 of the extracted object (as the `json_fields` grader scores
+it: list fields count one item per element, strings compare case-folded), so a half-right object earns partial credit;
 `is_correct` asks for every field. `examples/graders/extract.yaml` is the
 OpenAI-style multi grader (field F1 plus an exact check of the name) the RFT
 example uses. Problems go to train or test by a hash of their text.
@@ -27,8 +27,7 @@ import random
 from dataclasses import dataclass
 
 from reasonloop.core import Grade, Problem, bounded
-from reasonloop.graders.base import extract_json
-from reasonloop.graders.json_fields import JsonFieldsConfig, json_fields
+from reasonloop.core.grading import extract_json, prf
 from reasonloop.tasks.base import WorldTask, check_split, hash_split
 
 FIRST = (
@@ -54,7 +53,6 @@ PERSON_TEMPLATES = (
     "{name}, a {job} from {city}, born {year}.",
 )
 KINDS = ("order", "person")
-GRADE = JsonFieldsConfig()  # field F1 against the problem's answer
 
 
 @dataclass(frozen=True)
@@ -107,6 +105,22 @@ def canonical_json(fields: dict) -> str:
     '{"name":"Ada Moss","year":2019,"items":["lamp"]}'
     """
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+
+
+def _items(obj: dict, fields: list[str]) -> set[tuple[str, str]]:
+    """(field, value) items of the named fields; a list gives one item per element; strings case-folded.
+
+    >>> sorted(_items({"name": "Ada", "items": ["lamp", "rug"], "year": 2019}, ["name", "items"]))
+    [('items', '"lamp"'), ('items', '"rug"'), ('name', '"ada"')]
+    """
+    out = set()
+    for f in fields:
+        values = obj.get(f)
+        for v in values if isinstance(values, list) else [values]:
+            if v is not None:
+                v = " ".join(v.split()).casefold() if isinstance(v, str) else v
+                out.add((f, json.dumps(v, sort_keys=True)))
+    return out
 
 
 class ExtractTask(WorldTask):
@@ -172,7 +186,13 @@ class ExtractTask(WorldTask):
         >>> ExtractTask().grade(p, '{"name":"Ada Moss","year":2019,"items":["lamp"]}').score  # P 3/3, R 3/4
         0.8571428571428571
         """
-        return json_fields(GRADE, problem, completion)
+        pred, why = extract_json(completion)
+        if pred is None:
+            return Grade(0.0, None, why)
+        ref = json.loads(problem.answer)
+        p, r, f1 = prf(_items(pred, list(ref)), _items(ref, list(ref)))
+        return Grade(f1, canonical_json(pred), f"precision {p:.2f} recall {r:.2f} f1 {f1:.2f}",
+                     {"precision": p, "recall": r, "f1": f1})  # fmt: skip
 
     def is_correct(self, problem: Problem, completion: str) -> bool:
         """Every field of the answer is extracted (list fields as sets); extra keys are ignored."""
