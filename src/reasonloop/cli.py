@@ -353,11 +353,12 @@ def cmd_star(args: argparse.Namespace) -> int:
 def cmd_rl(args: argparse.Namespace) -> int:
     """Online RL; rerun the same command to resume."""
     from reasonloop.recipes import RLConfig, run_rl
+    from reasonloop.recipes.rl import held_out_name
 
     cfg = _recipe_config(args, RLConfig)
     res = run_rl(cfg, args.run_dir, bar=progress_bar, log=_console().print)
     _console().print(
-        f"{cfg.algorithm}: held-out greedy accuracy {100 * res['start_accuracy']:.1f}% -> "
+        f"{cfg.algorithm}: held-out greedy {held_out_name(cfg)} {100 * res['start_accuracy']:.1f}% -> "
         f"{100 * res['final_accuracy']:.1f}%; policy at {res['model']}; report at {Path(args.run_dir) / 'report.md'}"
     )
     return 0
