@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 
 from reasonloop.core import Problem, bounded, join_steps
-from reasonloop.tasks.base import WorldTask, check_split, hash_split
+from reasonloop.tasks.base import WorldTask
 
 STEP_RE = re.compile(r"^\s*(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
@@ -137,22 +137,12 @@ class ArithTask(WorldTask):
 
     def problems(self, split: str = "test", n: int = 100, seed: int = 0) -> list[Problem]:
         """`n` distinct problems of `split`, drawn deterministically from `seed`."""
-        check_split(split)
-        rng = random.Random(f"arith/{split}/{seed}")
-        seen: set[str] = set()
-        out: list[Problem] = []
-        attempts = 0
-        while len(out) < n:
-            attempts += 1
-            if attempts > 1000 * n + 10000:
-                raise ValueError(f"arith: cannot find {n} distinct {split} problems with {self.config}")
+
+        def draw(rng: random.Random):
             chain = random_chain(rng, self.config, rng.randint(self.config.min_ops, self.config.max_ops))
-            expr = chain.expression
-            if expr in seen or hash_split(expr, self.config.test_fraction) != split:
-                continue
-            seen.add(expr)
-            out.append(self.problem_from_chain(chain))
-        return out
+            return chain.expression, lambda: self.problem_from_chain(chain)
+
+        return self.distinct_problems(split, n, seed, draw)
 
     def facts(self, n: int, seed: int = 0) -> list[str]:
         """`n` single operations `a op b=c` drawn from the chains of the world (a "pretraining" corpus)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import re
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from reasonloop.core import Grade, Problem, split_steps
@@ -66,6 +68,30 @@ class WorldTask:
 
     def steps(self, completion: str) -> list[str]:
         return split_steps(completion, self.step_delimiter)
+
+    def distinct_problems(
+        self, split: str, n: int, seed: int, draw: Callable[[random.Random], tuple[str, Callable[[], Problem]] | None]
+    ) -> list[Problem]:
+        """`n` distinct problems of `split`: `draw(rng)` gives a candidate's key (its text, which the split
+        hashes) and how to build it, or None to skip; drawn deterministically from the world's name and `seed`."""
+        check_split(split)
+        rng = random.Random(f"{self.name}/{split}/{seed}")
+        seen: set[str] = set()
+        out: list[Problem] = []
+        attempts = 0
+        while len(out) < n:
+            attempts += 1
+            if attempts > 1000 * n + 10000:
+                raise ValueError(f"{self.name}: cannot find {n} distinct {split} problems with {self.config}")
+            drawn = draw(rng)
+            if drawn is None:
+                continue
+            key, make = drawn
+            if key in seen or hash_split(key, self.config.test_fraction) != split:
+                continue
+            seen.add(key)
+            out.append(make())
+        return out
 
     def grade(self, problem: Problem, completion: str) -> Grade:
         """The world's exact check as a grader (see `check_grade`)."""

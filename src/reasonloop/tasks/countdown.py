@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from reasonloop.core import Problem, bounded, join_steps
 from reasonloop.tasks.arith import OPS, STEP_RE
-from reasonloop.tasks.base import WorldTask, check_split, hash_split
+from reasonloop.tasks.base import WorldTask
 
 
 @dataclass(frozen=True)
@@ -89,42 +89,31 @@ class CountdownTask(WorldTask):
         self.config = config or CountdownConfig()
 
     def problems(self, split: str = "test", n: int = 100, seed: int = 0) -> list[Problem]:
-        check_split(split)
         cfg = self.config
-        rng = random.Random(f"countdown/{split}/{seed}")
-        seen: set[str] = set()
-        out: list[Problem] = []
-        attempts = 0
-        while len(out) < n:
-            attempts += 1
-            if attempts > 1000 * n + 10000:
-                raise ValueError(f"countdown: cannot find {n} distinct {split} problems with {cfg}")
+
+        def draw(rng: random.Random):
             numbers = sorted(rng.randint(1, cfg.number_max) for _ in range(cfg.n_numbers))
             steps = _random_solution(rng, numbers, rng.randint(cfg.min_ops, cfg.n_numbers - 1), cfg.target_max)
             if steps is None:
-                continue
+                return None
             target = int(steps[-1].split("=")[1])
             if target in numbers:
-                continue
+                return None
             key = f"{target} from {' '.join(map(str, numbers))}"
-            if key in seen or hash_split(key, cfg.test_fraction) != split:
-                continue
-            seen.add(key)
-            out.append(
-                Problem(
-                    id=f"countdown-{key.replace(' ', '_')}",
-                    prompt=f"Q: {key}\n",
-                    answer=str(target),
-                    meta={
-                        "numbers": numbers,
-                        "target": target,
-                        "hint_prompt": f"Q: {key} (answer {target})\n",
-                        "solution": join_steps([*steps, f"A: {target}"], self.step_delimiter),
-                        "source": "countdown",
-                    },
-                )
+            return key, lambda: Problem(
+                id=f"countdown-{key.replace(' ', '_')}",
+                prompt=f"Q: {key}\n",
+                answer=str(target),
+                meta={
+                    "numbers": numbers,
+                    "target": target,
+                    "hint_prompt": f"Q: {key} (answer {target})\n",
+                    "solution": join_steps([*steps, f"A: {target}"], self.step_delimiter),
+                    "source": "countdown",
+                },
             )
-        return out
+
+        return self.distinct_problems(split, n, seed, draw)
 
     def _replay(self, problem: Problem, steps: list[str]) -> Iterator[tuple[bool, Counter]]:
         """Each step's validity and the numbers available after it (the same Counter, updated in place)."""

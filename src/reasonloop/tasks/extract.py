@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from reasonloop.core import Grade, Problem, bounded
 from reasonloop.core.grading import extract_json, prf
-from reasonloop.tasks.base import WorldTask, check_split, hash_split
+from reasonloop.tasks.base import WorldTask
 
 FIRST = (
     "Ada Ben Cleo Dan Eva Finn Gus Hana Ivo Jade Kai Lena Milo Nora Omar Pia Quin Rosa Sam Tara Ugo Vera Wes Yara Zoe"
@@ -132,34 +132,23 @@ class ExtractTask(WorldTask):
 
     def problems(self, split: str = "test", n: int = 100, seed: int = 0) -> list[Problem]:
         """`n` distinct problems of `split`, drawn deterministically from `seed`."""
-        check_split(split)
-        rng = random.Random(f"extract/{split}/{seed}")
-        seen: set[str] = set()
-        out: list[Problem] = []
-        attempts = 0
-        while len(out) < n:
-            attempts += 1
-            if attempts > 1000 * n + 10000:
-                raise ValueError(f"extract: cannot find {n} distinct {split} problems with {self.config}")
+
+        def draw(rng: random.Random):
             text, fields = random_record(rng, self.config)
-            if text in seen or hash_split(text, self.config.test_fraction) != split:
-                continue
-            seen.add(text)
             answer = canonical_json(fields)
-            out.append(
-                Problem(
-                    id=f"extract-{hashlib.sha1(text.encode()).hexdigest()[:10]}",
-                    prompt=f"Q: {text}\n",
-                    answer=answer,
-                    meta={
-                        "kind": "order" if "items" in fields else "person",
-                        "hint_prompt": f"Q: {text} (fields {', '.join(fields)})\n",
-                        "solution": answer,
-                        "source": "extract",
-                    },
-                )
+            return text, lambda: Problem(
+                id=f"extract-{hashlib.sha1(text.encode()).hexdigest()[:10]}",
+                prompt=f"Q: {text}\n",
+                answer=answer,
+                meta={
+                    "kind": "order" if "items" in fields else "person",
+                    "hint_prompt": f"Q: {text} (fields {', '.join(fields)})\n",
+                    "solution": answer,
+                    "source": "extract",
+                },
             )
-        return out
+
+        return self.distinct_problems(split, n, seed, draw)
 
     def facts(self, n: int, seed: int = 0) -> list[str]:
         """`n` texts of the world without their fields (a "pretraining" corpus of its phrasings and names).
