@@ -588,6 +588,7 @@ CONFIGS = {  # where each command's --set keys (or grader YAML keys) live
     "verifiers": "reasonloop.recipes.verifiers:VerifiersConfig",
     "search": "reasonloop.recipes.scale:SearchConfig",
     "scale": "reasonloop.recipes.scale:ScaleConfig",
+    "selfplay": "reasonloop.recipes.selfplay:SelfPlayConfig",
     "--task-option, task=arith:...": "reasonloop.tasks.arith:ArithConfig",
     "--task-option, task=countdown:...": "reasonloop.tasks.countdown:CountdownConfig",
     "--task-option, task=extract:...": "reasonloop.tasks.extract:ExtractConfig",

@@ -336,6 +336,7 @@ cmd_rft = _report_recipe("RftConfig", "run_rft")
 cmd_vstar = _report_recipe("VStarConfig", "run_vstar")
 cmd_verifiers = _report_recipe("VerifiersConfig", "run_verifiers")
 cmd_scale = _report_recipe("ScaleConfig", "run_scale")
+cmd_selfplay = _report_recipe("SelfPlayConfig", "run_selfplay")
 
 
 def cmd_star(args: argparse.Namespace) -> int:
@@ -469,6 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("rl", "RLConfig", "online RL with grader rewards: GRPO, Dr. GRPO, RLOO, REINFORCE++, PPO", cmd_rl),
         ("search", "SearchConfig", "answer held-out problems with one search strategy and verifier", cmd_search),
         ("scale", "ScaleConfig", "strategies x budgets x seeds: accuracy against tokens spent", cmd_scale),
+        (
+            "selfplay",
+            "SelfPlayConfig",
+            "generator and verifier in rounds: search, then train both on what it found",
+            cmd_selfplay,
+        ),
     ):
         p = sub.add_parser(name, help=f"{help_text} (resumable: rerun the same command)")
         p.add_argument("config", nargs="?", help=f"YAML file of {config} keys (optional)")

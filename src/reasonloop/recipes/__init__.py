@@ -5,6 +5,7 @@ from reasonloop.recipes.nano import NanoConfig, train_nano
 from reasonloop.recipes.rft import RftConfig, run_rft
 from reasonloop.recipes.rl import RLConfig, run_rl
 from reasonloop.recipes.scale import ScaleConfig, SearchConfig, run_scale
+from reasonloop.recipes.selfplay import SelfPlayConfig, run_selfplay
 from reasonloop.recipes.star import StarConfig, run_star
 from reasonloop.recipes.verifiers import VerifiersConfig, run_verifiers
 from reasonloop.recipes.vstar import VStarConfig, run_vstar
@@ -15,6 +16,7 @@ __all__ = [
     "RLConfig",
     "RftConfig",
     "ScaleConfig",
+    "SelfPlayConfig",
     "SearchConfig",
     "VerifiersConfig",
     "StarConfig",
@@ -24,6 +26,7 @@ __all__ = [
     "run_rft",
     "run_rl",
     "run_scale",
+    "run_selfplay",
     "run_verifiers",
     "run_star",
     "run_vstar",
