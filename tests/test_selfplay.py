@@ -188,3 +188,35 @@ def test_config_errors_are_one_line_before_anything_runs(override, message, tmp_
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_demo_builds_the_countdown_base_once_then_plays(tmp_path, solver_tiny_dir, monkeypatch, capsys):
+    import shutil
+
+    from reasonloop.cli import main
+    from reasonloop.recipes import demo, nano
+    from reasonloop.recipes.nano import NanoConfig
+
+    cfg = demo.demo_config()
+    assert (cfg.model, cfg.task, cfg.search, cfg.verifier) == ("nano-countdown", demo.DEMO_TASK, "best_of_n", "orm")
+    assert NanoConfig(**demo.DEMO_BASE).task == demo.DEMO_TASK  # the base's settings are a valid config
+    built = []
+
+    def fake_train_nano(out, cfg):  # the real build takes minutes; the demo's wiring is what is tested here
+        built.append(cfg)
+        shutil.copytree(solver_tiny_dir, out)
+        return out
+
+    monkeypatch.setenv("REASONLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(nano, "train_nano", fake_train_nano)
+    sets = [f"{k}={v}" for k, v in {**TINY, "rounds": 1}.items()]
+    run = tmp_path / "demo"
+    assert main(["demo", "--run-dir", str(run)] + [x for s in sets for x in ("--set", s)]) == 0
+    assert built == [NanoConfig(**demo.DEMO_BASE)] and (tmp_path / "home" / "nano-countdown" / "config.json").exists()
+    out = capsys.readouterr().err
+    assert "per round" in out and "majority" in out and "(ORM)" in out and "demo finished" in out
+    assert (run / "report.md").exists() and (run / "plots" / "best_of_n.png").exists()
+    assert main(["demo", "--run-dir", str(run)] + [x for s in sets for x in ("--set", s)]) == 0  # resumes; no rebuild
+    assert len(built) == 1
+    assert main(["demo", "--run-dir", str(tmp_path / "x"), "--set", "roundz=3"]) == 2
+    assert "roundz" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -57,25 +57,14 @@ def test_vstar_cli(tmp_path, solver_tiny_dir, capsys):
     assert "verifier best-of-2" in capsys.readouterr().err
 
 
-def test_demo_cli_prints_table_and_writes_report_with_both_plots(tmp_path, solver_tiny_dir, capsys):
-    from reasonloop.cli import main
-    from reasonloop.recipes import DEMO_DEFAULTS, demo_config
+def test_vstar_arith_example_config_loads():
+    """The V-STaR-on-arith story (the demo before self-play) is a shipped config."""
+    from pathlib import Path
 
-    assert demo_config().rounds == DEMO_DEFAULTS["rounds"] and demo_config().continue_training
-    assert demo_config(overrides=["rounds=2"]).rounds == 2
-    sets = [f"model={solver_tiny_dir}", "n_train=8", "n_eval=4", "rounds=2", "samples=2", "max_new_tokens=24"]
-    sets += ["epochs=1", "batch_size=4", "best_of=4", "verifier_epochs=1", "verifier_batch_size=4"]
-    run = tmp_path / "demo"
-    assert main(["demo", "--run-dir", str(run)] + [x for s in sets for x in ("--set", s)]) == 0
-    out = capsys.readouterr()
-    assert "STaR greedy accuracy by round" in out.err and "verifier best-of-4" in out.err
-    report = (run / "report.md").read_text()
-    for plot in ("star/plots/accuracy_per_round.png", "plots/accuracy_vs_n.png"):
-        assert plot in report and (run / plot).stat().st_size > 0
-    assert "AUROC" in report
-    # a config typo is one line naming the key, before anything runs
-    assert main(["demo", "--run-dir", str(tmp_path / "x"), "--set", "roundz=3"]) == 2
-    assert "roundz" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    from reasonloop.core import load_config
+
+    cfg = load_config(VStarConfig, Path(__file__).resolve().parents[1] / "examples" / "vstar" / "arith.yaml")
+    assert (cfg.task, cfg.rounds, cfg.samples, cfg.best_of, cfg.continue_training) == ("arith", 5, 4, 16, True)
 
 
 def test_line_plots_draw_every_series(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The `reasonloop` command: init, sample, eval, demo, grade, star, rft, vstar, verifiers, rl, search, scale.
+"""The `reasonloop` command: init, sample, eval, demo, grade, star, rft, vstar, verifiers, rl, search, scale, selfplay.
 
 Errors caused by input (unknown task, missing model path, bad config key,
 malformed JSONL) print one line, ``error: ...``, and exit with status 2.
@@ -265,7 +265,8 @@ def cmd_problems(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole story: nano base (built if needed), STaR rounds, the V-STaR verifier, vote vs best-of-N."""
+    """The self-play story: the countdown base (built if needed), rounds of search and training for both players,
+    then greedy, majority vote and verifier best-of-n on held-out problems."""
     from rich.table import Table
 
     from reasonloop.core import set_threads
@@ -274,31 +275,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = demo_config(args.config, args.set)
     set_threads(args.threads)
     t0 = time.perf_counter()
-    if cfg.model == "nano" and not (NANO_DIR / "config.json").exists():
-        init = argparse.Namespace(
-            out=str(NANO_DIR), config=None, set=[], force=False, eval_problems=0, threads=args.threads
-        )
-        cmd_init(init)
     con = _console()
-    res = run_demo(args.run_dir, cfg, bar=progress_bar, log=con.print)
-    N = cfg.best_of
-    table = Table(title=f"held-out arith ({cfg.n_eval} problems)")
-    table.add_column("n")
-    table.add_column("majority vote", justify="right")
-    table.add_column("verifier best-of-n", justify="right")
+    records = run_demo(args.run_dir, cfg, bar=progress_bar, log=con.print)["records"]
+    N, last = cfg.best_of, records[-1]
+    table = Table(title=f"held-out {cfg.task} ({cfg.n_eval} problems), after round {last['round']}")
+    for column in ("n", "greedy", "majority vote", f"verifier best-of-n ({cfg.verifier.upper()})"):
+        table.add_column(column, justify="right")
     for n in sorted({1, 2, 4, 8, N}):
         if n <= N:
-            vote, best = res["curves"]["majority_vote"][n - 1], res["curves"]["verifier_best_of_n"][n - 1]
-            table.add_row(str(n), f"{100 * vote:.1f}%", f"{100 * best:.1f}%")
+            best = f"{100 * last['verifier_curve'][n - 1]:.1f}%" if "verifier_curve" in last else "-"
+            table.add_row(str(n), f"{100 * last['greedy']:.1f}%", f"{100 * last['majority_curve'][n - 1]:.1f}%", best)
     con.print(table)
-    rounds = " -> ".join(
-        f"{100 * a:.1f}%" for a in [res["base_accuracy"]] + [r["held_out_accuracy"] for r in res["star_rounds"]]
-    )
-    con.print(f"STaR greedy accuracy by round: {rounds}")
-    con.print(
-        f"greedy {100 * res['greedy_accuracy']:.1f}% | majority vote@{N} {100 * res[f'maj@{N}']:.1f}% | "
-        f"verifier best-of-{N} {100 * res[f'verifier_best_of_{N}']:.1f}%"
-    )
+    rows = Table(title="per round")
+    for column in ("round", "greedy", f"pass@{N}", f"majority@{N}", f"verifier best-of-{N}", "AUROC within a problem"):
+        rows.add_column(column, justify="right")
+    for r in records:
+        best = f"{100 * r['verifier_curve'][-1]:.1f}%" if "verifier_curve" in r else "-"
+        auroc = f"{r['auroc_within']:.3f}" if r.get("auroc_within") is not None else "-"
+        rows.add_row(str(r["round"]), f"{100 * r['greedy']:.1f}%", f"{100 * r[f'pass@{N}']:.1f}%",
+                     f"{100 * r['majority_curve'][-1]:.1f}%", best, auroc)  # fmt: skip
+    con.print(rows)
     con.print(f"demo finished in {time.perf_counter() - t0:.0f}s; report at {Path(args.run_dir) / 'report.md'}")
     return 0
 
@@ -451,10 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="eval.json", help="where to write the JSON results (default: eval.json)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", help="the whole story on the nano model: base, STaR, verifier, vote vs best-of-N")
-    p.add_argument("config", nargs="?", help="YAML file of VStarConfig keys over the demo's defaults (optional)")
+    p = sub.add_parser(
+        "demo",
+        help="self-play on the nano model and countdown: base, rounds for generator and verifier, vote vs best-of-N",
+    )
+    p.add_argument("config", nargs="?", help="YAML file of SelfPlayConfig keys over the demo's defaults (optional)")
     p.add_argument("--run-dir", default="runs/demo", help="run directory (default: runs/demo); rerun to resume")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a VStarConfig key (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a SelfPlayConfig key (repeatable)")
     p.set_defaults(func=cmd_demo)
 
     for name, config, help_text, func in (

@@ -11,10 +11,14 @@ def reasonloop_home() -> Path:
     return Path(os.environ.get("REASONLOOP_HOME", "~/.cache/reasonloop")).expanduser()
 
 
-def resolve_model(name: str | os.PathLike) -> Path:
-    """`nano` names the built-in model in `reasonloop_home()`; anything else is a directory.
+BUILT_IN_MODELS = ("nano", "nano-countdown")
 
-    >>> resolve_model("/tmp/m").as_posix()
-    '/tmp/m'
+
+def resolve_model(name: str | os.PathLike) -> Path:
+    """`nano` (the `arith` base) and `nano-countdown` (the demo's countdown base) name built-in models in
+    `reasonloop_home()`; anything else is a directory.
+
+    >>> resolve_model("/tmp/m").as_posix(), resolve_model("nano-countdown").name
+    ('/tmp/m', 'nano-countdown')
     """
-    return reasonloop_home() / "nano" if str(name) == "nano" else Path(name).expanduser()
+    return reasonloop_home() / str(name) if str(name) in BUILT_IN_MODELS else Path(name).expanduser()
