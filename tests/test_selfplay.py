@@ -23,10 +23,22 @@ def _data(run, r):
     return json.loads((run / f"round{r}" / "verifier_data.json").read_text())
 
 
-def test_two_rounds_end_to_end(tmp_path, solver_tiny_dir):
-    cfg = SelfPlayConfig(model=str(solver_tiny_dir), **TINY)
+def test_two_rounds_end_to_end(tmp_path, solver_tiny_dir, monkeypatch):
+    from reasonloop.recipes import selfplay
+
+    starts = []
+    real_train = selfplay.train_value_verifier
+
+    def spy(start, *args, **kw):
+        starts.append(str(start))
+        return real_train(start, *args, **kw)
+
+    monkeypatch.setattr(selfplay, "train_value_verifier", spy)
+    cfg = SelfPlayConfig(model=str(solver_tiny_dir), **TINY, verifier_init="previous")
     res = run_selfplay(cfg, tmp_path / "run", log=lambda *_: None)
     run = tmp_path / "run"
+    # V(1) starts from G(1), V(2) from V(1)'s value model
+    assert starts == [str(run / "checkpoints" / "round1"), str(run / "round1" / "verifier" / "verifier")]
     records = res["records"]
     assert [r["round"] for r in records] == [0, 1, 2]
     assert "verifier_curve" not in records[0]  # the base has no verifier yet
@@ -177,6 +189,7 @@ def _close(a, b, where="records") -> None:
         ("serach=beam", "serach"),
         ("search=bfs", "search: expected one of best_of_n, weighted_vote, beam, mcts"),
         ("verifier_memory=latest", "verifier_memory"),
+        ("verifier_init=last", "verifier_init: expected one of generator, base, previous"),
         ("eval_budgets=4", "eval_budgets"),
         ("eval_budgets=4,32", "best_of >= 32"),
     ],

@@ -42,9 +42,10 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "budget": 16,
     "keep_per_problem": 4,
     "epochs": 3.0,
+    "lr": 2e-3,
     "verifier": "orm",
     "verifier_per_problem": 4,
-    "verifier_epochs": 3.0,
+    "verifier_epochs": 1.0,
     "best_of": 16,
     "max_new_tokens": 48,
 }

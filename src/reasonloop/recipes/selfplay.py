@@ -97,7 +97,7 @@ class SelfPlayConfig:
     rl_lr: float = bounded(1e-4, gt=0)  # rl: learning rate
     verifier: str = "orm"  # orm, prm or bt
     verifier_memory: str = "union"  # union: retrain on every round's traces; frozen: train in round 1 only
-    verifier_init: str = "generator"  # start the verifier from this round's generator, or from the "base"
+    verifier_init: str = "generator"  # start V(r) from this round's "generator", the "base", or V(r-1) ("previous")
     verifier_per_problem: int = bounded(4, ge=2)  # graded traces per problem per round added to the verifier's data
     verifier_epochs: float = bounded(3.0, gt=0)  # passes over the verifier's data
     verifier_lr: float = bounded(1e-3, gt=0)  # verifier learning rate
@@ -115,7 +115,7 @@ class SelfPlayConfig:
             ("update", self.update, UPDATES),
             ("verifier", self.verifier, VERIFIER_KINDS),
             ("verifier_memory", self.verifier_memory, MEMORIES),
-            ("verifier_init", self.verifier_init, ("generator", "base")),
+            ("verifier_init", self.verifier_init, ("generator", "base", "previous")),
         ):
             if value not in allowed:
                 raise ValueError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
@@ -310,7 +310,9 @@ class SelfPlay:
         info: dict[str, Any] = {"verifier_examples": len(data), "verifier_trained": vdir.parent.name == f"round{r}"}
         if not info["verifier_trained"] or (vdir / "reasonloop_verifier.json").exists():
             return info
-        start = self.generator_dir(r) if cfg.verifier_init == "generator" else self.base
+        start = self.base if cfg.verifier_init == "base" else self.generator_dir(r)
+        if cfg.verifier_init == "previous" and r > 1:  # round 1 has no V(0): "previous" starts from the generator
+            start = self.verifier_dir(r - 1) / "verifier"  # the value model `write_manifest` names below
         vcfg = ValueVerifierConfig(epochs=cfg.verifier_epochs, batch_size=32, lr=cfg.verifier_lr, seed=cfg.seed + r)
         delim = self.task.step_delimiter
         self.log(f"round {r}: training the {cfg.verifier.upper()} on {len(data)} traces of rounds 1..{r}")
