@@ -70,8 +70,14 @@ def url(model_dir):
 
 
 @pytest.fixture(scope="module")
-def hf(model_dir) -> HFEngine:
-    return HFEngine.from_pretrained(model_dir)
+def hf(model_dir):
+    """The `hf` engine on the served model, on one torch thread (the server runs on one too)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield HFEngine.from_pretrained(model_dir)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

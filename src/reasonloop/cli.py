@@ -429,7 +429,9 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_gen_args(p: argparse.ArgumentParser, n_default: int, n_min: int = 1) -> None:
-    p.add_argument("--model", default="nano", help="model directory, or 'nano' for the built-in model (default)")
+    p.add_argument(
+        "--model", default="nano", help="model directory, hf:DIR, openai:URL#model, or 'nano' (the built-in, default)"
+    )
     p.add_argument(
         "--n", type=ranged(int, ge=n_min), default=n_default, help=f"samples per problem (default: {n_default})"
     )
