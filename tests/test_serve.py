@@ -378,3 +378,17 @@ def test_sample_through_an_openai_spec_writes_the_hf_backends_file(model_dir, ur
             y["problem_id"], y["meta"]["sample_index"], y["text"], y["token_ids"], y["prompt_ids"]
         )  # fmt: skip
         assert x["reward"] == y["reward"]
+
+
+def test_search_runs_unchanged_on_a_served_model(model_dir, url, tmp_path):
+    """`reasonloop search` (majority vote, batched sampling) with `model=openai:URL#model` answers every problem as
+    with `model=DIR`, spending the same generated tokens."""
+    common = ["--set", "strategy=majority", "--set", "budget=3", "--set", "n_eval=4", "--set", "max_new_tokens=12"]
+    for name, model in (("hf", str(model_dir)), ("http", f"openai:{url}#{SERVED}")):
+        assert main(["search", "--run-dir", str(tmp_path / name), "--set", f"model={model}", *common]) == 0
+    (a,) = (tmp_path / "hf" / "samples").glob("*.jsonl")
+    b = tmp_path / "http" / "samples" / a.name
+    hf_rows, http_rows = list(read_jsonl(a)), list(read_jsonl(b))
+    assert len(hf_rows) == len(http_rows) == 4
+    for x, y in zip(hf_rows, http_rows):
+        assert x == y
