@@ -230,7 +230,10 @@ def test_a_body_that_is_not_json_or_too_large_is_refused(url):
     assert resp.status_code == 400 and "must be a JSON object" in resp.json()["error"]["message"]
     big = b'{"model": "tiny", "prompt": "' + b"1" * (9 * 2**20) + b'"}'
     resp = httpx.post(f"{url}/completions", content=big, headers={"content-type": "application/json"}, timeout=30)
-    assert resp.status_code == 413 and "the limit is 8,388,608" in resp.json()["error"]["message"]
+    assert resp.status_code == 413 and "over the limit of 8,388,608 bytes" in resp.json()["error"]["message"]
+    chunked = iter([b"1" * 2**20] * 9)  # no Content-Length: counted as it arrives
+    resp = httpx.post(f"{url}/completions", content=chunked, headers={"content-type": "application/json"}, timeout=30)
+    assert resp.status_code == 413 and "over the limit" in resp.json()["error"]["message"]
 
 
 def test_backend_errors_are_one_line(url, remote):
@@ -328,6 +331,12 @@ def test_a_429_storm_is_retried_with_backoff_then_fails_naming_the_status():
         assert "HTTP 429 (Rate limit reached) after 4 attempts" in msg and "\n" not in msg
         assert fake.calls.count("/v1/completions") == 4
         assert 0.15 <= time.monotonic() - t0 < 5  # the three waits honoured Retry-After
+        fake.calls.clear()
+        engine = OpenAIEngine(fake.url, "m", max_retries=3, max_in_flight=2)
+        with pytest.raises(ReasonloopError, match="HTTP 429"):
+            engine.generate([f"{i}=" for i in range(40)], 1, max_new_tokens=4)
+        # the first failure cancels the prompts not yet sent: a few requests' attempts, not 40 x 4
+        assert fake.calls.count("/v1/completions") <= 4 * 4
 
 
 def test_a_few_429s_and_503s_are_retried_then_the_answer_is_used():

@@ -195,10 +195,7 @@ class OpenAIEngine:
 
         with self._lock:
             self.counts.calls += 1
-        if len(prompts) == 1:
-            return [one(0)]
-        with ThreadPoolExecutor(max_workers=min(self.max_in_flight, len(prompts))) as pool:
-            return list(pool.map(one, range(len(prompts))))
+        return self._fan_out(one, len(prompts))
 
     def _samples(self, answer: Any, n: int, temperature: float, seed: int) -> list[Sample]:
         where = f"{self.base_url}/completions"
@@ -264,8 +261,19 @@ class OpenAIEngine:
                 self.counts.prefilled += len(values) - len(out)
             return out
 
-        with ThreadPoolExecutor(max_workers=max(1, min(self.max_in_flight, len(prompts)))) as pool:
-            return list(pool.map(one, range(len(prompts))))
+        return self._fan_out(one, len(prompts))
+
+    def _fan_out(self, one: Callable[[int], Any], count: int) -> list[Any]:
+        """`[one(i) for i in range(count)]` with at most `max_in_flight` running; the first error cancels the
+        requests not yet sent (those in flight finish) and is raised."""
+        if count <= 1:
+            return [one(i) for i in range(count)]
+        pool = ThreadPoolExecutor(max_workers=min(self.max_in_flight, count))
+        try:
+            futures = [pool.submit(one, i) for i in range(count)]
+            return [f.result() for f in futures]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _first_line(e: BaseException) -> str:

@@ -33,6 +33,7 @@ prompts) are refused with a 400 rather than ignored; unknown fields too.
 """
 
 import asyncio
+import json
 import math
 import queue
 import secrets
@@ -217,14 +218,18 @@ class _Job:
 
 
 class EngineWorker:
-    """One thread that owns the engine: every generate and scoring call runs here, one at a time.
+    """One thread that owns the engine and its tokenizer: context checks, every generate and scoring call, and the
+    answers' token texts all run here, one job group at a time (a fast tokenizer must not be used from two threads
+    at once).
 
     Jobs that wait together with equal `sampling_key`s are decoded in one `generate` call (`seeds` keep each
-    prompt's streams, so the samples are those of separate calls).
+    prompt's streams, so the samples are those of separate calls). A job's future resolves to the response body,
+    or to a `RequestError` for a prompt past the model's context.
     """
 
-    def __init__(self, engine):
+    def __init__(self, engine, served: str):
         self.engine = engine
+        self.served = served
         self.queue: queue.Queue[_Job | None] = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="reasonloop-engine", daemon=True)
         self.thread.start()
@@ -255,17 +260,23 @@ class EngineWorker:
                 jobs.append(job)
             groups: dict[tuple, list[_Job]] = {}
             for job in jobs:
+                try:
+                    check_context(self.engine, job.request)
+                except RequestError as e:
+                    job.future.set_exception(e)
+                    continue
                 key = ("echo",) if job.request.echo else job.request.sampling_key()
                 groups.setdefault(key, []).append(job)
             for key, group in groups.items():
                 try:
                     results = self._score(group) if key == ("echo",) else self._generate(group)
+                    bodies = [self._response(job.request, res) for job, res in zip(group, results)]
                 except Exception as e:  # noqa: BLE001 - handed to the waiting requests, which answer 500
                     for job in group:
                         job.future.set_exception(e)
                     continue
-                for job, res in zip(group, results):
-                    job.future.set_result(res)
+                for job, body in zip(group, bodies):
+                    job.future.set_result(body)
 
     def _generate(self, group: list[_Job]) -> list[list[list[Sample]]]:
         r = group[0].request
@@ -293,6 +304,35 @@ class EngineWorker:
                 self.engine.counts.scored += len(ids)
             out.append(rows)
         return out
+
+    def _response(self, request: CompletionRequest, result) -> dict[str, Any]:
+        """The OpenAI completion object for one request: choice i*n + j is sample j of prompt i."""
+        tok = self.engine.tokenizer
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for i, prompt in enumerate(request.prompts):
+            if request.echo:
+                ids, lps = result[i]
+                for j in range(request.n):
+                    choices.append(_echo_choice(tok, request, i * request.n + j, prompt, ids, lps))
+                prompt_tokens += len(ids)
+                continue
+            for j, s in enumerate(result[i]):
+                choices.append(_choice(tok, request, i * request.n + j, s, prompt))
+                completion_tokens += len(s.token_ids)
+            prompt_tokens += len(result[i][0].prompt_ids)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.served,
+            "choices": choices,
+            "usage": usage,
+        }
 
 
 def check_context(engine, request: CompletionRequest) -> None:
@@ -370,7 +410,7 @@ def make_app(engine, served: str, limits: ServeLimits | None = None):
     from fastapi.responses import JSONResponse
 
     limits = limits or ServeLimits()
-    worker = EngineWorker(engine)
+    worker = EngineWorker(engine, served)
     created = int(time.time())
 
     from contextlib import asynccontextmanager
@@ -394,49 +434,27 @@ def make_app(engine, served: str, limits: ServeLimits | None = None):
 
     @app.post("/v1/completions")
     async def completions(raw: Request):
+        too_big = RequestError(413, f"the request body is over the limit of {limits.max_body_bytes:,} bytes")
         size = raw.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
-            return error(RequestError(413, f"the body is {int(size):,} bytes; the limit is {limits.max_body_bytes:,}"))
+            return error(too_big)
+        data = bytearray()
+        async for chunk in raw.stream():  # a chunked body has no length to check up front: count as it comes
+            data += chunk
+            if len(data) > limits.max_body_bytes:
+                return error(too_big)
         try:
-            body = await raw.json()
+            body = json.loads(data)
         except ValueError:
             return error(RequestError(400, "the request body is not valid JSON"))
         try:
             request = parse_request(body, limits, served)
-            check_context(engine, request)
+            return await asyncio.wrap_future(worker.submit(request))
         except RequestError as e:
             return error(e)
-        try:
-            result = await asyncio.wrap_future(worker.submit(request))
         except Exception as e:  # noqa: BLE001 - the engine failed on a valid request: a 500 saying why, in one line
             msg = f"the engine failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             return error(RequestError(500, msg, kind="server_error"))
-        tok = engine.tokenizer
-        choices, prompt_tokens, completion_tokens = [], 0, 0
-        for i, prompt in enumerate(request.prompts):
-            if request.echo:
-                ids, lps = result[i]
-                for j in range(request.n):
-                    choices.append(_echo_choice(tok, request, i * request.n + j, prompt, ids, lps))
-                prompt_tokens += len(ids)
-                continue
-            for j, s in enumerate(result[i]):
-                choices.append(_choice(tok, request, i * request.n + j, s, prompt))
-                completion_tokens += len(s.token_ids)
-            prompt_tokens += len(result[i][0].prompt_ids)
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": served,
-            "choices": choices,
-            "usage": usage,
-        }
 
     return app
 
