@@ -201,6 +201,7 @@ BAD_REQUESTS = [  # body, status, what the message says, the field named
     ({"prompt": "1=", "top_p": 0}, 400, "'top_p' must be a number in (0, 1], got 0", "top_p"),
     ({"prompt": "1=", "stop": 5}, 400, "'stop' must be a string or a list of strings", "stop"),
     ({"prompt": "1=", "stop": ["x"] * 17}, 400, "'stop' has 17 strings; the limit is 16", "stop"),
+    ({"prompt": "1=", "stop": ["x" * 257]}, 400, "a 'stop' string is over 256 characters", "stop"),
     ({"prompt": "1=", "seed": 1.5}, 400, "'seed' must be an integer, got 1.5", "seed"),
     ({"prompt": "1=", "logprobs": 3}, 400, "'logprobs' must be 0 or null, got 3", "logprobs"),
     ({"prompt": "1=", "stream": True}, 400, "'stream' is not supported by this server", "stream"),

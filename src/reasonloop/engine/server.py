@@ -18,7 +18,7 @@ fresh key per request. So one prompt sent with `seed: k` gets exactly the
 samples of `HFEngine.generate([prompt], n, seeds=[k])`, which is what lets the
 `openai` backend reproduce the `hf` backend over HTTP.
 
-Concurrency: one worker thread owns the engine. Requests that wait together
+Concurrency: one worker thread owns the engine and its tokenizer. Requests that wait together
 with the same sampling settings (n, max_tokens, temperature, top_p, stop) are
 decoded in one `generate` call; rows draw from their own streams, so this
 batching changes no sample, only the throughput.
@@ -26,12 +26,14 @@ batching changes no sample, only the throughput.
 Limits (a 4xx JSON error, OpenAI's `{"error": {"message", "type", "param",
 "code"}}`, naming the field): `n`, `max_tokens`, prompts per request, samples
 per request (prompts x n), characters per prompt, the model's context (prompt
-tokens + max_tokens), a body over `max_body_bytes` (413, read from
-Content-Length). Fields the server does not implement (`stream`, `best_of`
+tokens + max_tokens), stop strings (16, of 256 characters at most), a body
+over `max_body_bytes` (413: from Content-Length, or counted as a chunked body
+arrives). Fields the server does not implement (`stream`, `best_of`
 above 1, `suffix`, penalties, `logit_bias`, `logprobs` above 0, token-id
 prompts) are refused with a 400 rather than ignored; unknown fields too.
 """
 
+# no `from __future__ import annotations`: FastAPI reads the endpoint's `Request` annotation as a class
 import asyncio
 import json
 import math
@@ -47,6 +49,8 @@ from typing import Any
 from reasonloop.core import Sample
 
 SEED_SPACE = 2**63
+MAX_STOP_CHARS = 256  # per stop string
+STOP_TABLES_KEPT = 64  # the engine caches a vocabulary-sized table per stop set: bounded, since clients choose them
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class ServeLimits:
     max_samples: int = 1024  # prompts x n per request
     max_prompt_chars: int = 100_000  # characters per prompt, checked before tokenising
     max_stop: int = 16  # stop strings per request
-    max_body_bytes: int = 8 * 2**20  # request body, from Content-Length (413)
+    max_body_bytes: int = 8 * 2**20  # request body (413)
 
 
 class RequestError(Exception):
@@ -105,7 +109,7 @@ NO_OP_FIELDS = {
     "suffix": (None, ""),
     "presence_penalty": (0, 0.0, None),
     "frequency_penalty": (0, 0.0, None),
-    "logit_bias": (None,),
+    "logit_bias": (None, {}),
 }
 IGNORED_FIELDS = ("user",)
 
@@ -127,7 +131,7 @@ def parse_request(body: Any, limits: ServeLimits, served: str) -> CompletionRequ
         if key not in known | {"model", "prompt"} | set(NO_OP_FIELDS) | set(IGNORED_FIELDS):
             raise RequestError(400, f"unknown field '{key}'", key)
     for key, allowed in NO_OP_FIELDS.items():
-        if key in body and body[key] not in allowed and body[key] != {}:
+        if key in body and body[key] not in allowed:
             raise RequestError(400, f"'{key}' is not supported by this server (got {body[key]!r})", key)
     model = body.get("model")
     if not isinstance(model, str):
@@ -182,6 +186,8 @@ def parse_request(body: Any, limits: ServeLimits, served: str) -> CompletionRequ
         raise RequestError(400, "'stop' must be a string or a list of strings", "stop")
     if len(stops) > limits.max_stop:
         raise RequestError(400, f"'stop' has {len(stops)} strings; the limit is {limits.max_stop}", "stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise RequestError(400, f"a 'stop' string is over {MAX_STOP_CHARS} characters", "stop")
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
         raise RequestError(400, f"'seed' must be an integer, got {seed!r}", "seed")
@@ -280,6 +286,8 @@ class EngineWorker:
 
     def _generate(self, group: list[_Job]) -> list[list[list[Sample]]]:
         r = group[0].request
+        if len(self.engine._stop_tables) >= STOP_TABLES_KEPT:  # same package: the engine's per-stop-set cache
+            self.engine._stop_tables.clear()
         prompts = [p for job in group for p in job.request.prompts]
         seeds = [s for job in group for s in job.seeds]
         out = self.engine.generate(
