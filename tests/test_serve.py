@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from reasonloop.cli import main
-from reasonloop.core import ReasonloopError, read_jsonl
+from reasonloop.core import Generator, ReasonloopError, read_jsonl
 from reasonloop.engine import HFEngine, open_generator
 from reasonloop.engine.openai_api import OpenAIEngine
 
@@ -102,6 +102,7 @@ def assert_same_samples(expected, got):
 
 
 def test_the_openai_backend_over_http_gives_the_hf_backends_samples(hf, remote):
+    assert isinstance(remote, Generator)
     for kw in (
         dict(temperature=1.0, top_p=0.9, max_new_tokens=20, stop=STOP, seed=5),
         dict(temperature=0.7, max_new_tokens=12, seed=11),
@@ -244,6 +245,8 @@ def test_backend_errors_are_one_line(url, remote):
         remote.generate(["1="], 1, max_new_tokens=100)
     with pytest.raises(ReasonloopError, match="expected openai:URL#model"):
         open_generator(f"openai:{url}")
+    with pytest.raises(ReasonloopError, match="the in-process vllm backend is not built yet"):
+        open_generator("vllm:/models/qwen")
     with pytest.raises(ReasonloopError, match="is served over HTTP; this needs local weights"):
         from reasonloop.models import resolve_model
 

@@ -47,6 +47,11 @@ def parse_model_spec(spec: str | os.PathLike) -> ModelSpec:
     reasonloop.core.types.ReasonloopError: model spec 'openai:http://h/v1': expected openai:URL#model (the served model's name after '#')
     """
     text = str(spec)
+    if text.startswith("vllm:"):
+        raise ReasonloopError(
+            f"model spec '{text}': the in-process vllm backend is not built yet; serve the model with vLLM and name "
+            "it openai:URL#model, or use hf:DIR"
+        )
     if text.startswith("hf:"):
         if not text[3:]:
             raise ReasonloopError(f"model spec '{text}': expected hf:DIR")
