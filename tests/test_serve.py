@@ -53,7 +53,7 @@ def url(model_dir):
            "--port", str(port), "--max-n", "8", "--max-tokens", "64", "--max-prompts", "4"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 300  # generous: on a starved CI machine, importing torch alone can take a minute
     while True:
         try:
             if httpx.get(f"{base}/models", timeout=1).status_code == 200:
@@ -362,8 +362,8 @@ def test_a_few_429s_and_503s_are_retried_then_the_answer_is_used():
 
 def test_a_server_without_logprobs_or_token_ids_degrades_as_documented(capsys):
     def plain(path, body):
-        if path.endswith("/models"):
-            return 200, MODELS, {}
+        if path.endswith("/models"):  # no model listing either: the name is not checked up front
+            return 404, {"error": "not found"}, {}
         return 200, plain_completion(body.get("n", 1)), {}
 
     with FakeServer(plain) as fake:

@@ -46,6 +46,14 @@ from reasonloop.core import ReasonloopError, Sample, TokenCounts, derive_seed
 from reasonloop.core.paths import parse_model_spec
 
 
+class ServerError(ReasonloopError):
+    """The server answered with an HTTP error `status` (after the retries, for 429 and 5xx)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 class OpenAIEngine:
     """Generator over an OpenAI-compatible `/completions` endpoint. See the module docstring."""
 
@@ -114,13 +122,14 @@ class OpenAIEngine:
                 if attempt < self.max_retries:
                     time.sleep(self._backoff(attempt, resp.headers.get("retry-after")))
                     continue
-                raise ReasonloopError(
+                raise ServerError(
                     f"{url}: HTTP {resp.status_code} ({_server_message(resp)}) after {attempt + 1} attempts over "
                     f"{time.monotonic() - t0:.1f} s; the server is overloaded or failing (retry later, or lower "
-                    "max_in_flight)"
+                    "max_in_flight)",
+                    resp.status_code,
                 )
             if resp.status_code >= 400:
-                raise ReasonloopError(f"{url}: HTTP {resp.status_code}: {_server_message(resp)}")
+                raise ServerError(f"{url}: HTTP {resp.status_code}: {_server_message(resp)}", resp.status_code)
             try:
                 return resp.json()
             except ValueError:
@@ -142,8 +151,8 @@ class OpenAIEngine:
         url = f"{self.base_url}/models"
         try:
             listing = self._request("GET", "/models")
-        except ReasonloopError as e:
-            if "HTTP 404" in str(e) or "HTTP 405" in str(e):
+        except ServerError as e:
+            if e.status in (404, 405):
                 return
             raise
         ids = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)] if isinstance(listing, dict) else []
