@@ -135,6 +135,9 @@ def test_sample_resumes_without_duplicates(built, tmp_path):
         (["init", "--out", "/tmp/x", "--set", "stepz=3"], "unknown key 'stepz'"),
         (["eval", "--task", "gsm8k"], "--data"),
         (["eval", "--task-option", "max_opz=3"], "unknown key 'max_opz'"),
+        (["serve", "/nonexistent/model"], "model path '/nonexistent/model' does not exist"),
+        (["serve", "openai:http://127.0.0.1:9/v1#m"], "is served over HTTP; this needs local weights"),
+        (["eval", "--model", "openai:http://127.0.0.1:9/v1"], "expected openai:URL#model"),
     ],
 )
 def test_errors_are_one_line(argv, message, capsys):
@@ -230,6 +233,8 @@ FLAG_ERRORS = [  # argv, what the one-line error must say
     (["sample"], "the following arguments are required: --output"),
     (["star"], "the following arguments are required: --run-dir"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["serve", "nano", "--port", "0"], "argument --port: must be in [1, 65535], got 0"),
+    (["serve", "nano", "--max-n", "0"], "argument --max-n: must be >= 1, got 0"),
 ]
 
 
@@ -604,7 +609,7 @@ TEXT_CHECKS = {  # what is checked for a flag that takes text ("command flag" ov
     "--task": "a known task; its options are checked as below",
     "--data": "an existing JSONL file; lines of at most 16 MiB, questions of at most 100,000 characters",
     "--task-option": "key=value; the world's key and its range (below)",
-    "--model": "a model directory (config.json, a tokenizer, readable safetensors) or nano",
+    "--model": "a model spec: a directory (config.json, a tokenizer, readable safetensors), hf:DIR, nano, or openai:URL#model",
     "sample --output": "not a directory; an existing file must be one `sample` wrote; one writer at a time",
     "eval --output": "not a directory",
     "problems --output": "not a directory",

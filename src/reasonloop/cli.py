@@ -1,4 +1,5 @@
-"""The `reasonloop` command: init, sample, eval, demo, grade, star, rft, vstar, verifiers, rl, search, scale, selfplay.
+"""The `reasonloop` command: init, sample, eval, demo, grade, star, rft, vstar, verifiers, rl, search, scale, selfplay,
+serve.
 
 Errors caused by input (unknown task, missing model path, bad config key,
 malformed JSONL) print one line, ``error: ...``, and exit with status 2.
@@ -130,7 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from reasonloop.core import atomic_write_json, set_threads
-    from reasonloop.engine import HFEngine
+    from reasonloop.engine import open_generator
     from reasonloop.eval import EvalConfig, evaluate, summary_rows
 
     set_threads(getattr(args, "threads", None))
@@ -138,7 +139,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise DataError(f"{args.output}: --output is a directory; give a JSON file path")
     task = _task_from_args(args)
     problems = task.problems(args.split, args.num_problems, seed=args.seed)
-    engine = HFEngine.from_pretrained(resolve_model(args.model), max_batch=args.max_batch)
+    engine = open_generator(args.model, max_batch=args.max_batch)
     check_prompts(engine, problems)
     cfg = EvalConfig(
         n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
@@ -191,7 +192,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _sample_into(args: argparse.Namespace, task, problems, out: Path) -> int:
-    from reasonloop.engine import HFEngine
+    from reasonloop.engine import open_generator
     from reasonloop.recipes.common import sample_jsonl
 
     done = _sampled_counts(out)
@@ -199,7 +200,7 @@ def _sample_into(args: argparse.Namespace, task, problems, out: Path) -> int:
     if not todo:
         _console().print(f"all {len(problems)} problems already sampled in {out}")
         return 0
-    engine = HFEngine.from_pretrained(resolve_model(args.model), max_batch=args.max_batch)
+    engine = open_generator(args.model, max_batch=args.max_batch)
     check_prompts(engine, todo)
     sample_jsonl(
         out, engine, task, problems, lambda p: p.prompt, args.n,
@@ -232,7 +233,10 @@ def _sampled_counts(out: Path) -> dict[str, int]:
 
 def check_prompts(engine, problems) -> None:
     """Refuse, before generating, a prompt the model cannot take: empty, or longer than its context (a 50 MB
-    question would otherwise be tokenised and fed whole). The error names the problem's file:line."""
+    question would otherwise be tokenised and fed whole). The error names the problem's file:line. A model behind
+    an HTTP server (no local tokenizer) is checked by its server, which refuses such a prompt with a 4xx."""
+    if getattr(engine, "tokenizer", None) is None:
+        return
     context = getattr(engine.model.config, "max_position_embeddings", None)
     for p in problems:
         where = f"{p.meta['source']}:{p.meta['source_line']}" if "source_line" in p.meta else f"problem {p.id}"
@@ -300,9 +304,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _judge_engine(path: str):
-    from reasonloop.engine import HFEngine
+    from reasonloop.engine import open_generator
 
-    return HFEngine.from_pretrained(resolve_model(path))
+    return open_generator(path)
 
 
 def _recipe_config(args: argparse.Namespace, cls):
@@ -375,6 +379,31 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serve ---------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """A model behind the OpenAI completions API, until Ctrl-C."""
+    from reasonloop.core import set_threads
+    from reasonloop.engine import HFEngine
+    from reasonloop.engine.server import ServeLimits, serve
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ReasonloopError("serve needs FastAPI and uvicorn: pip install 'reasonloop[serve]'") from None
+    set_threads(args.threads)
+    engine = HFEngine.from_pretrained(resolve_model(args.model), max_batch=args.max_batch)
+    limits = ServeLimits(max_n=args.max_n, max_tokens=args.max_tokens, max_prompts=args.max_prompts)
+    name = args.name or args.model
+    _console().print(
+        f"serving {args.model} as '{name}' at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", soft_wrap=True
+    )
+    serve(engine, name, host=args.host, port=args.port, limits=limits)
+    return 0
+
+
 # --- parser --------------------------------------------------------------------
 
 
@@ -400,7 +429,9 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_gen_args(p: argparse.ArgumentParser, n_default: int, n_min: int = 1) -> None:
-    p.add_argument("--model", default="nano", help="model directory, or 'nano' for the built-in model (default)")
+    p.add_argument(
+        "--model", default="nano", help="model directory, hf:DIR, openai:URL#model, or 'nano' (the built-in, default)"
+    )
     p.add_argument(
         "--n", type=ranged(int, ge=n_min), default=n_default, help=f"samples per problem (default: {n_default})"
     )
@@ -481,6 +512,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run-dir", required=True, help="run directory (config, samples, checkpoints, report)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"override a {config} key (repeatable)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("serve", help="serve a model on the OpenAI completions API (/v1/completions, /v1/models)")
+    p.add_argument("model", help="model directory, hf:DIR, or a built-in name such as nano")
+    p.add_argument("--name", help="the model name clients send (default: MODEL as given)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=ranged(int, ge=1, le=65535), default=8000, help="port (default: 8000)")
+    p.add_argument(
+        "--max-batch", type=ranged(int, ge=1), default=256, help="rows decoded at once; bounds KV-cache memory"
+    )
+    p.add_argument("--max-n", type=ranged(int, ge=1), default=64, help="largest n per request (default: 64)")
+    p.add_argument(
+        "--max-tokens", type=ranged(int, ge=1), default=1024, help="largest max_tokens per request (default: 1024)"
+    )
+    p.add_argument("--max-prompts", type=ranged(int, ge=1), default=64, help="most prompts per request (default: 64)")
+    p.set_defaults(func=cmd_serve)
 
     from reasonloop.graders.cli import add_grade_parser
 

@@ -31,8 +31,7 @@ from reasonloop.core import (
     to_dict,
 )
 from reasonloop.core.jsonl import repair_jsonl
-from reasonloop.engine import HFEngine
-from reasonloop.models import resolve_model
+from reasonloop.engine import open_generator
 from reasonloop.recipes.common import BarFactory, no_bar
 from reasonloop.search.solve import NEEDS_VERIFIER, SAMPLING, STRATEGIES, solve, solve_sampling
 from reasonloop.tasks import get_task
@@ -189,7 +188,7 @@ def run_scale(cfg: ScaleConfig, run_dir: str | Path, bar: BarFactory = no_bar, l
     run.save_config(to_dict(cfg), defaults_of(type(cfg)))
     task = get_task(cfg.task)
     problems = task.problems("test", cfg.n_eval, seed=0)
-    engine = HFEngine.from_pretrained(resolve_model(cfg.model))
+    engine = open_generator(cfg.model)  # any model spec: local weights or an OpenAI-compatible server
     verifiers = {name: load_verifier(d) for name, d in cfg.verifier_map.items()}
     cells = []
     for spec in cfg.strategy_specs:
