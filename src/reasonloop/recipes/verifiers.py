@@ -1,6 +1,6 @@
 """Train every kind of verifier from one generator's own samples, then compare them on the same held-out samples.
 
-    reasonloop verifiers --run-dir runs/verifiers --set generator=runs/demo/star/checkpoints/round5
+    reasonloop verifiers --run-dir runs/verifiers --set generator=runs/vstar-arith/star/checkpoints/round5
 
 1. sample `samples` solutions per training problem from the generator, graded;
 2. Monte-Carlo step values (`mc_k` rollouts per prefix) for one correct and one
