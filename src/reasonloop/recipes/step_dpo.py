@@ -230,11 +230,15 @@ def _train(start: Path, data: list, out: Path, cfg: StepDpoUpdateConfig, seed: i
     """Optimise the model in `start` on `data` (pairs, or weighted rows) with `cfg.loss`; save it to `out/model`.
     Checkpoints in `out/train` (a kill resumes from the last one). Returns the training history."""
     model, tokenizer = load_model(start)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # as `encode_pairs` pads
     n = len(data)
     steps = max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
     tcfg = TrainConfig(steps=steps, lr=cfg.lr, warmup=max(1, steps // 20), save_every=max(1, steps // 5), seed=seed)
-    device = next(model.parameters()).device
+
+    def forward(m, b):  # the model as the trainer placed it (accelerate may have moved it to a GPU)
+        dev = next(m.parameters()).device
+        ids = b.input_ids.to(dev)
+        return m(input_ids=ids, attention_mask=b.attention_mask.to(dev)).logits, ids, b.completion_mask.to(dev)
 
     if cfg.loss == "advantage_weighted":
 
@@ -244,29 +248,28 @@ def _train(start: Path, data: list, out: Path, cfg: StepDpoUpdateConfig, seed: i
             adv = torch.zeros(b.input_ids.shape)  # (B, T): each completion token's step advantage
             for r, (p, c, a) in enumerate(rows):
                 adv[r, len(p) : len(p) + len(c)] = torch.tensor(a)
-            ids = b.input_ids.to(device)
-            logits = m(input_ids=ids, attention_mask=b.attention_mask.to(device)).logits
-            return advantage_weighted_loss(
-                logits, ids, b.completion_mask.to(device), adv.to(device), cfg.awr_beta, cfg.max_weight
-            )
+            logits, ids, mask = forward(m, b)
+            return advantage_weighted_loss(logits, ids, mask, adv.to(ids.device), cfg.awr_beta, cfg.max_weight)
 
     else:
         # the reference is the starting model, frozen: its log-probabilities are computed once, not every epoch
-        ref_logps = torch.cat(
-            [_logps(model, pair_batch(data[b : b + 64], pad), device) for b in range(0, n, 64)]
-        )  # (n chosen then n rejected, per chunk of 64 pairs)
-        ref_chosen, ref_rejected = _split_chunks(ref_logps, n, 64)
+        with torch.no_grad():
+            ref = [
+                torch.cat(
+                    [sequence_logprobs(*forward(model, pad_rows(rows[b : b + 64], pad))) for b in range(0, n, 64)]
+                )
+                for rows in (
+                    [(p.context_ids, p.chosen_ids) for p in data],
+                    [(p.context_ids, p.rejected_ids) for p in data],
+                )
+            ]  # (n,) chosen, (n,) rejected
         loss_of = step_dpo_loss if cfg.loss == "step_dpo" else dpo_loss
 
         def loss_fn(m, idx):
-            b = pair_batch([data[j] for j in idx], pad)
-            logps = sequence_logprobs(
-                m(input_ids=b.input_ids.to(device), attention_mask=b.attention_mask.to(device)).logits,
-                b.input_ids.to(device),
-                b.completion_mask.to(device),
-            )  # (2B,) chosen then rejected
+            logps = sequence_logprobs(*forward(m, pair_batch([data[j] for j in idx], pad)))  # (2B,) chosen, rejected
             sel = torch.tensor(idx)
-            return loss_of(logps[: len(idx)], logps[len(idx) :], ref_chosen[sel], ref_rejected[sel], beta=cfg.beta)
+            ref_c, ref_r = ref[0][sel].to(logps.device), ref[1][sel].to(logps.device)
+            return loss_of(logps[: len(idx)], logps[len(idx) :], ref_c, ref_r, beta=cfg.beta)
 
     with bar(steps, f"{cfg.loss} on {n} {'solutions' if cfg.loss == 'advantage_weighted' else 'pairs'}") as advance:
         res = train_loop(
@@ -279,28 +282,6 @@ def _train(start: Path, data: list, out: Path, cfg: StepDpoUpdateConfig, seed: i
 
 def _loss_of(record: dict[str, float]) -> float:
     return next(record[k] for k in ("step_dpo_loss", "dpo_loss", "awr_loss") if k in record)
-
-
-@torch.no_grad()
-def _logps(model, batch, device) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    ids = batch.input_ids.to(device)
-    out = sequence_logprobs(model(input_ids=ids, attention_mask=batch.attention_mask.to(device)).logits, ids,
-                            batch.completion_mask.to(device))  # fmt: skip
-    model.train(was)
-    return out.cpu()
-
-
-def _split_chunks(logps: torch.Tensor, n: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Undo the [chosen..., rejected...] layout of each chunk of `chunk` pairs: (n,) chosen and (n,) rejected."""
-    chosen, rejected, at = [], [], 0
-    for b in range(0, n, chunk):
-        m = min(chunk, n - b)
-        chosen.append(logps[at : at + m])
-        rejected.append(logps[at + m : at + 2 * m])
-        at += 2 * m
-    return torch.cat(chosen), torch.cat(rejected)
 
 
 def step_dpo_update(
