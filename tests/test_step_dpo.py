@@ -195,7 +195,7 @@ def whole(tmp_path_factory, solver_tiny_dir):
     return config, d / "run", state
 
 
-def test_recipe_end_to_end(whole, solver_tiny_dir):
+def test_recipe_end_to_end(whole, solver_tiny_dir, capsys):
     config, run, state = whole
     records = list(read_jsonl(run / "update" / "mc_values.jsonl"))
     samples = [Sample.from_dict(d) for d in read_jsonl(run / "samples" / "samples.jsonl")]
@@ -225,9 +225,13 @@ def test_recipe_end_to_end(whole, solver_tiny_dir):
     assert "# step_dpo on `arith`" in report and "first pit = true first error" in report
     for plot in ("agreement.png", "training.png"):
         assert (run / "plots" / plot).stat().st_size > 1000
-    # a rerun does nothing new and returns the same state
+    # a rerun does nothing new and returns the same state; so does the command, which points at the report
     again = run_step_dpo(load_config(StepDpoConfig, config), run, log=lambda *_: None)
     assert again["accuracy"] == state["accuracy"] and again["history"] == state["history"]
+    from reasonloop.cli import main
+
+    assert main(["step-dpo", str(config), "--run-dir", str(run)]) == 0
+    assert f"report at {run / 'report.md'}" in capsys.readouterr().out.replace("\n", "")
 
 
 @pytest.mark.parametrize("loss", ["dpo", "advantage_weighted"])

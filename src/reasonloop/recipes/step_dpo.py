@@ -79,7 +79,8 @@ class StepDpoUpdateConfig:
 
     loss: str = "step_dpo"  # step_dpo (pairs at critical steps), dpo (whole solutions) or advantage_weighted
     mc_k: int = bounded(8, ge=1)  # rollouts per step prefix for the Monte-Carlo values
-    solutions_per_problem: int = bounded(4, ge=1)  # distinct solutions valued per problem (wrong and right by turns)
+    # distinct solutions valued per problem, wrong and right by turns (dpo: whole-solution pairs per problem)
+    solutions_per_problem: int = bounded(4, ge=1)
     pit: float = bounded(0.0, ge=0, lt=1)  # a step after which the value is at most this is a pit
     positives: bool = True  # step_dpo: also pair the decisive step of right solutions
     beta: float = bounded(0.1, gt=0)  # DPO temperature (step_dpo, dpo)
