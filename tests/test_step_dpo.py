@@ -231,7 +231,7 @@ def test_recipe_end_to_end(whole, solver_tiny_dir, capsys):
     from reasonloop.cli import main
 
     assert main(["step-dpo", str(config), "--run-dir", str(run)]) == 0
-    assert f"report at {run / 'report.md'}" in capsys.readouterr().out.replace("\n", "")
+    assert f"report at {run / 'report.md'}" in capsys.readouterr().err.replace("\n", "")  # rich, on stderr
 
 
 @pytest.mark.parametrize("loss", ["dpo", "advantage_weighted"])
