@@ -589,6 +589,8 @@ CONFIGS = {  # where each command's --set keys (or grader YAML keys) live
     "rl (reward.*)": "reasonloop.recipes.rl:RewardConfig",
     "star": "reasonloop.recipes.star:StarConfig",
     "rft": "reasonloop.recipes.rft:RftConfig",
+    "step-dpo": "reasonloop.recipes.step_dpo:StepDpoConfig",
+    "step-dpo (update.*)": "reasonloop.recipes.step_dpo:StepDpoUpdateConfig",
     "vstar": "reasonloop.recipes.vstar:VStarConfig",
     "verifiers": "reasonloop.recipes.verifiers:VerifiersConfig",
     "search": "reasonloop.recipes.scale:SearchConfig",

@@ -25,7 +25,7 @@ from reasonloop.search import beam_search
 from reasonloop.tasks import ArithTask, CountdownTask
 from reasonloop.train import dpo_loss
 from reasonloop.verifiers.dpo import train_dpo_verifier
-from reasonloop.verifiers.value import mc_step_values
+from reasonloop.verifiers.value import mc_step_rollouts
 
 
 def mutant(fn: Callable, old: str, new: str) -> Callable:
@@ -66,12 +66,13 @@ class RestOfTheSolution:
         return out
 
 
-def check_mc_labels_grade_prefix_plus_rollout(mc_step_values=mc_step_values) -> None:
+def check_mc_labels_grade_prefix_plus_rollout(mc_step_rollouts=mc_step_rollouts) -> None:
     # Every prefix, completed with the rest of a right solution, is right: values 1, 1, 1 and the solution's own 1.
     # Graded alone, the rollout "10*3=30\nA: 30" uses a 10 that {3, 4, 6} does not hold, so it is wrong on countdown.
     assert CD.is_correct(CD_PROBLEM, "\n".join(CD_STEPS)) and not CD.is_correct(CD_PROBLEM, "10*3=30\nA: 30")
-    (values,) = mc_step_values(RestOfTheSolution(), CD, [(CD_PROBLEM, CD_STEPS)], k=3)
-    assert values == [1.0, 1.0, 1.0, 1.0]
+    (out,) = mc_step_rollouts(RestOfTheSolution(), CD, [(CD_PROBLEM, CD_STEPS)], k=3)  # mc_step_values' rollouts
+    assert out.values == [1.0, 1.0, 1.0, 1.0]
+    assert [r.reward for rs in out.rollouts for r in rs] == [1.0] * 9  # each rollout's grade, with its prefix
 
 
 def test_mc_labels_grade_prefix_plus_rollout():
@@ -188,7 +189,7 @@ def test_dpo_verifier_pairs_each_logprob_with_its_reference(tmp_path, solver_tin
 
 BUGS = {
     "mc labels grade the rollout without its prefix": (
-        mc_step_values,
+        mc_step_rollouts,
         "prompt[len(problem.prompt) :] + r.text",
         "r.text",
         check_mc_labels_grade_prefix_plus_rollout,

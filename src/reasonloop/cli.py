@@ -337,6 +337,7 @@ cmd_vstar = _report_recipe("VStarConfig", "run_vstar")
 cmd_verifiers = _report_recipe("VerifiersConfig", "run_verifiers")
 cmd_scale = _report_recipe("ScaleConfig", "run_scale")
 cmd_selfplay = _report_recipe("SelfPlayConfig", "run_selfplay")
+cmd_step_dpo = _report_recipe("StepDpoConfig", "run_step_dpo")
 
 
 def cmd_star(args: argparse.Namespace) -> int:
@@ -490,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, config, help_text, func in (
         ("star", "StarConfig", "STaR self-improvement", cmd_star),
         ("rft", "RftConfig", "rejection-sampling fine-tuning", cmd_rft),
+        ("step-dpo", "StepDpoConfig", "per-step DPO from negatives at Monte-Carlo critical steps", cmd_step_dpo),
         ("vstar", "VStarConfig", "V-STaR: STaR plus a DPO verifier for best-of-N", cmd_vstar),
         (
             "verifiers",

@@ -7,6 +7,7 @@ from reasonloop.recipes.rl import RLConfig, run_rl
 from reasonloop.recipes.scale import ScaleConfig, SearchConfig, run_scale
 from reasonloop.recipes.selfplay import SelfPlayConfig, run_selfplay
 from reasonloop.recipes.star import StarConfig, run_star
+from reasonloop.recipes.step_dpo import StepDpoConfig, StepDpoUpdateConfig, run_step_dpo, step_dpo_update
 from reasonloop.recipes.verifiers import VerifiersConfig, run_verifiers
 from reasonloop.recipes.vstar import VStarConfig, run_vstar
 
@@ -20,6 +21,8 @@ __all__ = [
     "SearchConfig",
     "VerifiersConfig",
     "StarConfig",
+    "StepDpoConfig",
+    "StepDpoUpdateConfig",
     "VStarConfig",
     "demo_config",
     "run_demo",
@@ -29,6 +32,8 @@ __all__ = [
     "run_selfplay",
     "run_verifiers",
     "run_star",
+    "run_step_dpo",
+    "step_dpo_update",
     "run_vstar",
     "train_nano",
 ]

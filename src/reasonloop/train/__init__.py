@@ -2,13 +2,21 @@
 
 from reasonloop.train.data import Batch, encode_pairs, shuffled_batch
 from reasonloop.train.loop import TrainConfig, Trainer, TrainingError, sft_on_pairs, train_loop
-from reasonloop.train.losses import dpo_loss, sequence_logprobs, sft_loss, token_logprobs
+from reasonloop.train.losses import (
+    advantage_weighted_loss,
+    dpo_loss,
+    sequence_logprobs,
+    sft_loss,
+    step_dpo_loss,
+    token_logprobs,
+)
 
 __all__ = [
     "Batch",
     "TrainConfig",
     "Trainer",
     "TrainingError",
+    "advantage_weighted_loss",
     "dpo_loss",
     "train_loop",
     "encode_pairs",
@@ -16,5 +24,6 @@ __all__ = [
     "sft_loss",
     "sft_on_pairs",
     "shuffled_batch",
+    "step_dpo_loss",
     "token_logprobs",
 ]

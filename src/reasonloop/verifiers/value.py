@@ -91,8 +91,47 @@ def mc_step_values(
     as the mean grade of `k` completions sampled by `generator` (the fraction
     correct for a 0/1 grader such as `task.grade`; `hard`: the best grade). A
     rollout is graded with its prefix, as one solution. The full solution's value
-    is its own grade, with no rollout.
+    is its own grade, with no rollout. (`mc_step_rollouts` also returns the rollouts.)
     """
+    return [
+        r.values
+        for r in mc_step_rollouts(
+            generator,
+            grader,
+            items,
+            k,
+            delimiter=delimiter,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            hard=hard,
+        )  # fmt: skip
+    ]
+
+
+@dataclass
+class StepRollouts:
+    """Monte-Carlo values of one solution's step prefixes, with the rollouts they were estimated from."""
+
+    values: list[float]  # len(steps) + 1: the problem alone, then the prefix ending at each step
+    rollouts: list[list[Sample]]  # len(steps): rollouts[i] are the k graded completions of the prefix of i steps
+
+
+def mc_step_rollouts(
+    generator: Generator,
+    grader: Grader,
+    items: Sequence[tuple[Problem, list[str]]],
+    k: int,
+    *,
+    delimiter: str = "\n",
+    temperature: float = 1.0,
+    max_new_tokens: int = 96,
+    seed: int = 0,
+    hard: bool = False,
+) -> list[StepRollouts]:
+    """`mc_step_values`, keeping the rollouts: each is a `Sample` of the prefix's prompt (its `prompt_ids` encode
+    the problem and the prefix) whose `reward` is the grade of prefix + rollout. Per-step DPO takes its good and
+    bad continuations from them."""
     prompts, where = [], []
     for j, (problem, steps) in enumerate(items):
         for i in range(len(steps)):  # prefixes with 0..len-1 steps are rolled out
@@ -103,14 +142,17 @@ def mc_step_values(
         if prompts
         else []
     )
-    values = [[0.0] * (len(steps) + 1) for _, steps in items]
+    out = [StepRollouts([0.0] * (len(steps) + 1), [[] for _ in steps]) for _, steps in items]
     for (j, i), prompt, rollouts in zip(where, prompts, outs):
         problem = items[j][0]
         wins = [grader(problem, prompt[len(problem.prompt) :] + r.text).score for r in rollouts]
-        values[j][i] = max(wins) if hard else sum(wins) / len(wins)
+        for r, w in zip(rollouts, wins):
+            r.problem_id, r.reward = problem.id, w
+        out[j].values[i] = max(wins) if hard else sum(wins) / len(wins)
+        out[j].rollouts[i] = list(rollouts)
     for j, (problem, steps) in enumerate(items):
-        values[j][-1] = grader(problem, join_steps(steps, delimiter)).score
-    return values
+        out[j].values[-1] = grader(problem, join_steps(steps, delimiter)).score
+    return out
 
 
 def prm_examples(items: Sequence[tuple[Problem, list[str]]], values: Sequence[list[float]]) -> list[StepExample]:
