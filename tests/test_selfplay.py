@@ -91,6 +91,19 @@ def test_tree_search_rl_update_prm_and_frozen_memory(tmp_path, solver_tiny_dir):
     assert set(records[2]["search"]) == {"2", "4"}  # beam search measured at both budgets on held-out problems
 
 
+def test_step_dpo_update_from_the_search_samples(tmp_path, solver_tiny_dir):
+    """update=step_dpo: per-step DPO pairs from round 1's sampled traces (Monte-Carlo critical steps), the new
+    generator is round 1's checkpoint; tree search with it is refused up front."""
+    cfg = SelfPlayConfig(model=str(solver_tiny_dir), **{**TINY, "rounds": 1}, update="step_dpo", mc_k=2)
+    records = run_selfplay(cfg, tmp_path / "run", log=lambda *_: None)["records"]
+    run = tmp_path / "run"
+    update = json.loads((run / "round1" / "step_dpo" / "update.json").read_text())
+    assert update["loss"] == "step_dpo" and update["examples"] == records[1]["step_dpo_examples"] > 0
+    assert (run / "checkpoints" / "round1" / "config.json").exists()
+    with pytest.raises(ValueError, match="update: step_dpo learns from sampled token ids"):
+        SelfPlayConfig(update="step_dpo", search="beam")
+
+
 def test_kept_traces_and_verifier_data_by_hand():
     ss = [
         Sample("a", "w", reward=0.0),

@@ -71,7 +71,7 @@ from reasonloop.verifiers import (
 from reasonloop.verifiers.registry import load_verifier, write_manifest
 
 SEARCHES = ("best_of_n", "weighted_vote", "beam", "mcts")
-UPDATES = ("sft", "rl")
+UPDATES = ("sft", "rl", "step_dpo")
 VERIFIER_KINDS = ("orm", "prm", "bt")
 MEMORIES = ("union", "frozen")
 
@@ -87,7 +87,7 @@ class SelfPlayConfig:
     rounds: int = bounded(3, ge=1)  # self-play rounds
     search: str = "best_of_n"  # best_of_n, weighted_vote, beam or mcts on the training problems
     budget: int = bounded(16, ge=1)  # search budget per training problem (samples for best_of_n)
-    update: str = "sft"  # the generator's update: sft (expert iteration) or rl (GRPO, verifier step rewards)
+    update: str = "sft"  # the generator's update: sft (expert iteration), rl (GRPO, verifier step rewards) or step_dpo
     keep_per_problem: int = bounded(4, ge=1)  # sft: distinct correct traces kept per problem, best-scored first
     continue_training: bool = True  # sft: fine-tune the last round's generator (false: the base, on this round's)
     epochs: float = bounded(3.0, gt=0)  # sft: passes over the round's traces
@@ -122,6 +122,9 @@ class SelfPlayConfig:
         budgets = self.budget_list
         if len(budgets) != 2 or any(b < 1 for b in budgets):
             raise ValueError(f"eval_budgets: expected two positive integers such as '4,16', got {self.eval_budgets!r}")
+        if self.update == "step_dpo" and self.search not in SAMPLING:
+            raise ValueError(f"update: step_dpo learns from sampled token ids; search {self.search} keeps texts only "
+                             "(use best_of_n or weighted_vote)")  # fmt: skip
         if self.search in SAMPLING and max(budgets) > self.best_of:
             raise ValueError(f"eval_budgets: {self.search} at {max(budgets)} needs best_of >= {max(budgets)}")
 
@@ -267,6 +270,8 @@ class SelfPlay:
         ckpt = self.run.checkpoint(f"round{r}")
         if cfg.update == "rl":
             return self._rl_update(r, ckpt)
+        if cfg.update == "step_dpo":
+            return self._step_dpo_update(r, samples, ckpt)
         pairs = [(self.by_id[pid].prompt, t) for pid, t in kept_traces(samples, cfg.keep_per_problem)]
         start = self.generator_dir(r - 1) if cfg.continue_training else self.base
         if not pairs and not (ckpt / "config.json").exists():
@@ -296,6 +301,21 @@ class SelfPlay:
         last = res["records"][-1]
         return {"rl_reward_last": last.get("reward_mean"), "tokens_rl": last.get("tokens_sampled", 0),
                 "tokens_rl_verifier": last.get("tokens_verifier", 0)}  # fmt: skip
+
+    def _step_dpo_update(self, r: int, samples: list[Sample], ckpt: Path) -> dict[str, Any]:
+        """Per-step DPO (`reasonloop step-dpo`'s update, its defaults with `mc_k` rollouts per prefix) on the
+        round's search samples, from G(r-1); resumable in `RUN/roundr/step_dpo`."""
+        from reasonloop.recipes.step_dpo import StepDpoUpdateConfig, step_dpo_update
+
+        cfg = self.cfg
+        res = step_dpo_update(
+            self.generator_dir(r - 1), self.train, samples, self.task, self.run.path / f"round{r}" / "step_dpo",
+            StepDpoUpdateConfig(mc_k=cfg.mc_k), temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+            max_batch=cfg.max_batch, seed=cfg.seed + r, bar=self.bar, log=self.log,
+        )  # fmt: skip
+        if not (ckpt / "config.json").exists():
+            save_model(*load_model(res["model"]), ckpt)
+        return {"step_dpo_examples": res["examples"], "step_dpo_negative_pairs": res.get("negative_pairs", 0)}
 
     # -- 3. verifier memory -------------------------------------------------------------------------------------
     def update_verifier(self, r: int, samples: list[Sample]) -> dict[str, Any]:
