@@ -159,7 +159,7 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--star-samples", type=int, default=4, help="STaR: rationales sampled per problem per round")
-    ap.add_argument("--star-rounds", type=int, default=8, help="STaR: rounds")
+    ap.add_argument("--star-rounds", type=int, default=22, help="STaR: rounds (22 reach the self-play tokens)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-selfplay"))
     args = ap.parse_args()
