@@ -246,3 +246,21 @@ def test_demo_builds_the_countdown_base_once_then_plays(tmp_path, solver_tiny_di
     assert len(built) == 1
     assert main(["demo", "--run-dir", str(tmp_path / "x"), "--set", "roundz=3"]) == 2
     assert "roundz" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_more_problems_than_the_world_has_is_one_line_before_anything_runs(tmp_path, solver_tiny_dir, capsys):
+    from reasonloop.cli import main
+
+    args = [
+        "selfplay",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--set",
+        f"model={solver_tiny_dir}",
+        "--set",
+        "n_train=5000",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: countdown: asked for 5000 distinct train problems, found ") and "\n" not in err
+    assert "n_train" in err and not (tmp_path / "run").exists()

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from reasonloop.core import Grade, Problem, split_steps
+from reasonloop.core import ConfigError, Grade, Problem, split_steps
 
 SPLITS = ("train", "test")
 ANSWER_RE = re.compile(r"A:\s*(-?[\d.]+)\s*$")
@@ -78,11 +78,17 @@ class WorldTask:
         rng = random.Random(f"{self.name}/{split}/{seed}")
         seen: set[str] = set()
         out: list[Problem] = []
-        attempts = 0
+        attempts = since_new = 0
         while len(out) < n:
             attempts += 1
-            if attempts > 1000 * n + 10000:
-                raise ValueError(f"{self.name}: cannot find {n} distinct {split} problems with {self.config}")
+            since_new += 1
+            # give up when the split looks exhausted (no new problem in a long while; the last of ~N problems
+            # takes ~N draws), not after millions of draws; where to stop never changes which problems are drawn
+            if attempts > 1000 * n + 10000 or since_new > 50_000 + 50 * len(out):
+                raise ConfigError(
+                    f"{self.name}: asked for {n} distinct {split} problems, found {len(out)} with {self.config}; "
+                    f"ask for fewer (n_train / n_eval) or widen the world's options"
+                )
             drawn = draw(rng)
             if drawn is None:
                 continue
@@ -91,6 +97,7 @@ class WorldTask:
                 continue
             seen.add(key)
             out.append(make())
+            since_new = 0
         return out
 
     def grade(self, problem: Problem, completion: str) -> Grade:
