@@ -23,6 +23,7 @@ from reasonloop.core import (
     to_dict,
 )
 from reasonloop.engine import HFEngine
+from reasonloop.eval import greedy_accuracy
 from reasonloop.models import load_model, resolve_model, save_model
 from reasonloop.tasks import Task, get_task
 from reasonloop.train import TrainConfig, sft_on_pairs
@@ -41,6 +42,26 @@ def sample_to_file(run: RunDir, name: str, *args: Any, seed: int, **kwargs: Any)
     random streams (the seed is `derive_seed(seed, name)`), so a round's plain and hinted samples of one problem
     are drawn independently."""
     return sample_jsonl(run.samples_path(name), *args, seed=derive_seed(seed, name), description=name, **kwargs)
+
+
+def start_and_samples(
+    run: RunDir, cfg: Any, source: Path, task: Task, train: list[Problem], test: list[Problem], bar: BarFactory = no_bar
+) -> tuple[dict[str, Any], list[Sample] | None]:
+    """The opening of the one-shot recipes (RFT, per-step DPO): the run's state with `base_accuracy` (the starting
+    model's held-out greedy accuracy, measured once), and `cfg.k` samples per training problem from it
+    (`samples/samples.jsonl`, resumable), or None once the run has its result (`accuracy` in the state)."""
+    state = run.state
+    if "base_accuracy" not in state:
+        engine = HFEngine.from_pretrained(source, max_batch=cfg.max_batch)
+        state = run.update_state(base_accuracy=greedy_accuracy(engine, task.grade, test, cfg.max_new_tokens))
+    if "accuracy" in state:
+        return state, None
+    engine = HFEngine.from_pretrained(source, max_batch=cfg.max_batch)
+    samples = sample_to_file(
+        run, "samples", engine, task, train, lambda p: p.prompt, cfg.k,
+        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1, bar=bar,
+    )  # fmt: skip
+    return state, samples
 
 
 def sample_jsonl(

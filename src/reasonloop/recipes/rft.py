@@ -28,7 +28,7 @@ from rapidfuzz.distance import Levenshtein
 from reasonloop.core import ReasonloopError, atomic_write_text, bounded
 from reasonloop.engine import HFEngine
 from reasonloop.eval import greedy_accuracy
-from reasonloop.recipes.common import BarFactory, finetune_and_save, no_bar, sample_to_file, start_run
+from reasonloop.recipes.common import BarFactory, finetune_and_save, no_bar, start_and_samples, start_run
 
 
 @dataclass(frozen=True)
@@ -82,16 +82,8 @@ def most_distinct(paths: list[list[str]], limit: int) -> list[int]:
 
 def run_rft(cfg: RftConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=print) -> dict[str, Any]:
     run, task, train_problems, test_problems, by_id, source = start_run(cfg, run_dir)
-    state = run.state
-    if "base_accuracy" not in state:
-        engine = HFEngine.from_pretrained(source, max_batch=cfg.max_batch)
-        state = run.update_state(base_accuracy=greedy_accuracy(engine, task.grade, test_problems, cfg.max_new_tokens))
-    if "accuracy" not in state:
-        engine = HFEngine.from_pretrained(source, max_batch=cfg.max_batch)
-        samples = sample_to_file(
-            run, "samples", engine, task, train_problems, lambda p: p.prompt, cfg.k,
-            temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1, bar=bar,
-        )  # fmt: skip
+    state, samples = start_and_samples(run, cfg, source, task, train_problems, test_problems, bar)
+    if samples is not None:
         correct: dict[str, list] = {}
         for s in samples:
             if s.reward == 1.0:

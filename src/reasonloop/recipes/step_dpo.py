@@ -54,7 +54,7 @@ from reasonloop.engine import HFEngine
 from reasonloop.eval import greedy_accuracy, save_line_plot
 from reasonloop.eval.critical_steps import critical_step_agreement
 from reasonloop.models import load_model, save_model
-from reasonloop.recipes.common import BarFactory, no_bar, sample_to_file, start_run
+from reasonloop.recipes.common import BarFactory, no_bar, start_and_samples, start_run
 from reasonloop.tasks import Task
 from reasonloop.train import TrainConfig, dpo_loss, sequence_logprobs, shuffled_batch, train_loop
 from reasonloop.train.losses import advantage_weighted_loss, step_dpo_loss
@@ -356,16 +356,8 @@ def step_dpo_update(
 def run_step_dpo(cfg: StepDpoConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=print) -> dict[str, Any]:
     """Sample, value, pair, train, measure and report (see the module docstring); resumes a killed run."""
     run, task, train_problems, test_problems, _, source = start_run(cfg, run_dir)
-    state = run.state
-    if "base_accuracy" not in state:
-        engine = HFEngine.from_pretrained(source, max_batch=cfg.max_batch)
-        state = run.update_state(base_accuracy=greedy_accuracy(engine, task.grade, test_problems, cfg.max_new_tokens))
-    if "accuracy" not in state:
-        engine = HFEngine.from_pretrained(source, max_batch=cfg.max_batch)
-        samples = sample_to_file(
-            run, "samples", engine, task, train_problems, lambda p: p.prompt, cfg.k,
-            temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1, bar=bar,
-        )  # fmt: skip
+    state, samples = start_and_samples(run, cfg, source, task, train_problems, test_problems, bar)
+    if samples is not None:
         info = step_dpo_update(
             source, train_problems, samples, task, run.path / "update", cfg.update, temperature=cfg.temperature,
             max_new_tokens=cfg.max_new_tokens, max_batch=cfg.max_batch, seed=cfg.seed + 2, bar=bar, log=log,
