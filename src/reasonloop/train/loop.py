@@ -17,10 +17,20 @@ A checkpoint directory (`out_dir/last`) holds the model (`save_pretrained`),
 tokenizer and `trainer_state.pt` (optimizer, scheduler, step); it is written to
 a temporary sibling and renamed, so a kill never leaves half of one, and
 rerunning the same call resumes from it.
+
+Under `accelerate launch` with several processes (DDP; see docs/multi-process.md)
+every process runs the same loop on its own micro-batches: optimiser step `s`,
+accumulation slot `m` of process `r` out of `W` reads `batches((s * grad_accum
++ m) * W + r)`, so one step sees `grad_accum * W` micro-batches and W=1 reads
+exactly what a single process always read. DDP averages the gradients, the
+loss metrics are averaged over the processes, a non-finite loss on any process
+skips the step on all of them, and only the main process writes checkpoints
+and calls `log` / `progress`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -70,13 +80,23 @@ class TrainConfig:
 
 
 def _save_checkpoint(
-    path: Path, model, tokenizer, opt, step: int, history: list[dict], extra: dict | None = None
+    path: Path,
+    model,
+    tokenizer,
+    optimizer_state: dict | None,
+    step: int,
+    history: list[dict],
+    extra: dict | None = None,
+    full_state_dict: dict | None = None,
 ) -> None:
     with atomic_dir(path) as tmp:  # a full disk: one line, no half checkpoint, no tmp left
-        model.save_pretrained(tmp, safe_serialization=True)
+        if full_state_dict is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:  # FSDP / DeepSpeed: the weights gathered from every process's shard
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=full_state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        state = {"optimizer": opt.state_dict(), "step": step, "history": history, "rng": torch.get_rng_state()}
+        state = {"optimizer": optimizer_state, "step": step, "history": history, "rng": torch.get_rng_state()}
         torch.save({**state, **(extra or {})}, tmp / "trainer_state.pt")
 
 
@@ -100,6 +120,12 @@ def load_weights(model, weights: dict[str, torch.Tensor]) -> tuple[list[str], li
 def _load_checkpoint(path: Path, model, opt) -> dict[str, Any]:
     from safetensors.torch import load_file
 
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    if state["optimizer"] is None:
+        raise TrainingError(
+            f"{path}: written under FSDP/DeepSpeed, it holds the weights but not the sharded optimiser state, "
+            "so the run cannot resume exactly; start a new run from these weights"
+        )
     weights: dict[str, torch.Tensor] = {}
     for f in sorted(path.glob("*.safetensors")):
         weights.update(load_file(str(f)))
@@ -110,7 +136,6 @@ def _load_checkpoint(path: Path, model, opt) -> dict[str, Any]:
         raise TrainingError(
             f"{path}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    state = torch.load(path / "trainer_state.pt", weights_only=False)
     opt.load_state_dict(state["optimizer"])
     return state
 
@@ -183,6 +208,38 @@ class Trainer:
         """The model without accelerate's wrapping (what is saved, evaluated and sampled from)."""
         return self.accelerator.unwrap_model(self.model)
 
+    @property
+    def num_processes(self) -> int:
+        """How many processes train together (1 unless started by `accelerate launch`)."""
+        return self.accelerator.num_processes
+
+    @property
+    def process_index(self) -> int:
+        """This process's rank, 0 to `num_processes - 1`."""
+        return self.accelerator.process_index
+
+    @property
+    def is_main_process(self) -> bool:
+        """Whether this process is the one that writes checkpoints and logs."""
+        return self.accelerator.is_main_process
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every process: all of them must skip together, or DDP's gradient
+        all-reduce would wait forever for the one that skipped."""
+        finite = bool(torch.isfinite(loss))
+        if self.num_processes == 1:
+            return finite
+        flags = self.accelerator.gather(torch.tensor([float(finite)], device=self.accelerator.device))
+        return bool(flags.min() > 0)
+
+    def _mean_over_processes(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Each process's metrics are over its own micro-batches; the step's are their mean."""
+        if self.num_processes == 1 or not metrics:
+            return metrics
+        keys = sorted(metrics)  # the same loss function on every process: the same keys
+        values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.accelerator.device)
+        return dict(zip(keys, self.accelerator.reduce(values, reduction="mean").tolist()))
+
     def step(self, micro_batches: Iterable[Any], loss_fn: LossFn) -> dict[str, float] | None:
         """One optimiser step: gradients of `loss_fn` averaged over `micro_batches` (gradient accumulation),
         clipped, applied at the scheduled learning rate. Returns the step's record, or None when a non-finite
@@ -198,20 +255,24 @@ class Trainer:
             self.model.train()
         batches = list(micro_batches) if not isinstance(micro_batches, list) else micro_batches
         metrics: dict[str, float] = {}
-        for batch in batches:
-            loss, m = loss_fn(self.model, batch)
-            if not torch.isfinite(loss):  # NaN guard: skip the update, give up if it keeps happening
-                self.bad_steps += 1
-                self.opt.zero_grad(set_to_none=True)
-                if self.bad_steps > cfg.max_bad_steps:
-                    raise TrainingError(
-                        f"loss was non-finite for {self.bad_steps} steps in a row at step {step + 1}; lower the lr"
-                    )
-                return None
-            self.accelerator.backward(loss / len(batches))
+        for i, batch in enumerate(batches):
+            # DDP all-reduces gradients at every backward unless told not to: once per step is enough
+            last = i == len(batches) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
+                loss, m = loss_fn(self.model, batch)
+                if not self._all_finite(loss):  # NaN guard: skip the update, give up if it keeps happening
+                    self.bad_steps += 1
+                    self.opt.zero_grad(set_to_none=True)
+                    if self.bad_steps > cfg.max_bad_steps:
+                        raise TrainingError(
+                            f"loss was non-finite for {self.bad_steps} steps in a row at step {step + 1}; lower the lr"
+                        )
+                    return None
+                self.accelerator.backward(loss / len(batches))
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + v / len(batches)
         self.bad_steps = 0
+        metrics = self._mean_over_processes(metrics)
         grad_norm = self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
         self.opt.step()
         record = {"step": step + 1, "lr": lr, "elapsed_s": time.perf_counter() - self.t0, **metrics}
@@ -220,11 +281,24 @@ class Trainer:
         return record
 
     def save(self, extra: dict[str, Any] | None = None) -> None:
-        """Checkpoint to `out_dir/last` (atomic: a kill never leaves half of one)."""
+        """Checkpoint to `out_dir/last` (atomic: a kill never leaves half of one). Every process must call it;
+        the main process writes, the others wait until it has."""
+        from accelerate.utils import DistributedType
+
         if self.last is None:
             raise ValueError("this trainer has no out_dir to save to")
         self.extra = dict(extra or {})
-        _save_checkpoint(self.last, self.unwrapped, self.tokenizer, self.opt, self.step_count, self.history, self.extra)
+        # FSDP and DeepSpeed shard weights and optimiser state: the weights are gathered (every process takes
+        # part), the optimiser shards are not saved (see `_load_checkpoint`). DDP's copies are whole already.
+        sharded = self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        full_state_dict = self.accelerator.get_state_dict(self.model) if sharded else None
+        if self.is_main_process:
+            optimizer_state = None if sharded else self.opt.state_dict()
+            _save_checkpoint(
+                self.last, self.unwrapped, self.tokenizer, optimizer_state, self.step_count, self.history,
+                self.extra, full_state_dict,
+            )  # fmt: skip
+        self.accelerator.wait_for_everyone()
 
 
 def train_loop(
@@ -241,12 +315,14 @@ def train_loop(
 ) -> dict[str, Any]:
     """Optimise `model` for `cfg.steps` steps; returns {"step", "history", "eval"}. See the module docstring."""
     trainer = Trainer(model, tokenizer, cfg, out_dir=out_dir)
+    world, rank = trainer.num_processes, trainer.process_index
+    main = trainer.is_main_process
     evals: dict[str, float] = {}
     for step in range(trainer.step_count, cfg.steps):
-        micro = (batches(step * cfg.grad_accum + m) for m in range(cfg.grad_accum))
+        micro = (batches((step * cfg.grad_accum + m) * world + rank) for m in range(cfg.grad_accum))
         record = trainer.step(micro, loss_fn)
         if record is None:
-            if log:
+            if log and main:
                 log({"step": step + 1, "skipped": "non-finite loss", "bad_steps": trainer.bad_steps})
             continue
         done = step + 1 == cfg.steps
@@ -255,9 +331,9 @@ def train_loop(
             evals = {f"eval_{k}": v for k, v in evaluate(trainer.unwrapped).items()}
             record.update(evals)
         trainer.history.append(record)
-        if log:
+        if log and main:
             log(record)
-        if progress:
+        if progress and main:
             progress(record)
         if trainer.last is not None and (done or (cfg.save_every and (step + 1) % cfg.save_every == 0)):
             trainer.save()
