@@ -72,3 +72,32 @@ def test_two_processes_follow_the_one_process_loss_curve_through_a_crash(tmp_pat
     saved, _ = load_model(out / "ckpt" / "last")
     for (name, p), q in zip(saved.named_parameters(), model.parameters()):
         assert p.detach().allclose(q.detach(), atol=1e-4), name
+
+
+@pytest.mark.parametrize(
+    "name, kind", [("ddp-2proc", "MULTI_GPU"), ("fsdp-4gpu", "FSDP"), ("deepspeed-zero2-4gpu", "DEEPSPEED")]
+)
+def test_documented_accelerate_configs_are_valid(name, kind):
+    """The FSDP and DeepSpeed files are not run here (no GPU); accelerate still reads them (it refuses unknown
+    keys), so a typo in the documented configs fails CI."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(ROOT / "examples" / "accelerate" / f"{name}.yaml"))
+    assert cfg.distributed_type.value == kind and cfg.num_processes >= 2
+
+
+def test_a_checkpoint_without_optimiser_state_is_refused_in_one_line(tmp_path, char_tokenizer):
+    """What FSDP/DeepSpeed write (weights, no sharded optimiser state) cannot be resumed exactly: said, not
+    silently resumed with a fresh optimiser."""
+    import torch
+
+    from reasonloop.train.loop import TrainConfig, Trainer, TrainingError
+
+    trainer = Trainer(tiny_model("llama", char_tokenizer), char_tokenizer, TrainConfig(steps=2), out_dir=tmp_path)
+    trainer.save()
+    state = torch.load(tmp_path / "last" / "trainer_state.pt", weights_only=False)
+    assert state["optimizer"] is not None  # one process: saved
+    torch.save({**state, "optimizer": None}, tmp_path / "last" / "trainer_state.pt")
+    with pytest.raises(TrainingError, match="cannot resume exactly") as err:
+        Trainer(tiny_model("llama", char_tokenizer), char_tokenizer, TrainConfig(steps=2), out_dir=tmp_path)
+    assert "\n" not in str(err.value) and str(tmp_path / "last") in str(err.value)
