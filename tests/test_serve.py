@@ -405,3 +405,11 @@ def test_search_runs_unchanged_on_a_served_model(model_dir, url, tmp_path):
     assert len(hf_rows) == len(http_rows) == 4
     for x, y in zip(hf_rows, http_rows):
         assert x == y
+
+
+def test_a_server_started_without_allow_reload_refuses_to_load_weights(url, remote, model_dir):
+    resp = httpx.post(url.removesuffix("/v1") + "/update_weights_from_disk", json={"model_path": str(model_dir)})
+    assert resp.status_code == 403 and "start it with --allow-reload" in resp.json()["error"]["message"]
+    with pytest.raises(ReasonloopError, match="HTTP 403: this server does not load weights on request"):
+        remote.load_weights_from_disk(model_dir)
+    assert httpx.get(f"{url}/models").json()["data"][0]["root"] == str(model_dir)

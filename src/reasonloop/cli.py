@@ -401,7 +401,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _console().print(
         f"serving {args.model} as '{name}' at http://{args.host}:{args.port}/v1 (Ctrl-C stops)", soft_wrap=True
     )
-    serve(engine, name, host=args.host, port=args.port, limits=limits)
+    serve(engine, name, host=args.host, port=args.port, limits=limits, allow_reload=args.allow_reload)
     return 0
 
 
@@ -528,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-tokens", type=ranged(int, ge=1), default=1024, help="largest max_tokens per request (default: 1024)"
     )
     p.add_argument("--max-prompts", type=ranged(int, ge=1), default=64, help="most prompts per request (default: 64)")
+    p.add_argument(
+        "--allow-reload", action="store_true",
+        help="let clients swap in another saved model (POST /update_weights_from_disk; a recipe's sampler needs it)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     from reasonloop.graders.cli import add_grade_parser

@@ -30,10 +30,14 @@ model's name. Works against `reasonloop serve`, vLLM, SGLang or TGI.
   made), a 4xx (the server's message), a read past `timeout_s`. HTTP 429 and
   5xx are retried `max_retries` times with exponential backoff (honouring
   `Retry-After`, capped at `max_backoff_s`), then fail naming the status.
+- `load_weights_from_disk(DIR)` asks the server to serve another saved model
+  (`reasonloop serve --allow-reload`, SGLang): how a recipe that samples
+  through a server keeps it on the weights it trains.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import threading
@@ -101,11 +105,12 @@ class OpenAIEngine:
         self.http.close()
 
     # --- HTTP ----------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One call with retries on 429 / 5xx; every failure is a one-line `ReasonloopError`."""
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None, *, base: str = "") -> Any:
+        """One call (to `base` + `path`, `base` defaulting to the API base) with retries on 429 / 5xx; every failure
+        is a one-line `ReasonloopError`."""
         import httpx
 
-        url = f"{self.base_url}{path}"
+        url = f"{base or self.base_url}{path}"
         t0 = time.monotonic()
         for attempt in range(self.max_retries + 1):
             try:
@@ -165,6 +170,23 @@ class OpenAIEngine:
                 return
             self._warned.add(what)
         print(f"warning: {self.base_url}: {message}", file=sys.stderr)
+
+    def load_weights_from_disk(self, path: str | os.PathLike) -> None:
+        """Make the server serve the model saved in `path` (a directory on the server's machine) from now on,
+        under the same name: `POST /update_weights_from_disk` at the server's root, as `reasonloop serve
+        --allow-reload` and SGLang offer it. A server without it (vLLM, OpenAI, TGI) is a one-line error."""
+        root = self.base_url.removesuffix("/v1")
+        try:
+            answer = self._request("POST", "/update_weights_from_disk", {"model_path": str(path)}, base=root)
+        except ServerError as e:
+            if e.status in (404, 405):
+                raise ReasonloopError(
+                    f"{root}: the server cannot load weights on request (no POST /update_weights_from_disk); "
+                    "serve the model with `reasonloop serve --allow-reload` (or SGLang)"
+                ) from None
+            raise
+        if isinstance(answer, dict) and answer.get("success") is False:
+            raise ReasonloopError(f"{root}/update_weights_from_disk: {' '.join(str(answer.get('message')).split())}")
 
     # --- generate --------------------------------------------------------------------
     def generate(

@@ -31,6 +31,16 @@ over `max_body_bytes` (413: from Content-Length, or counted as a chunked body
 arrives). Fields the server does not implement (`stream`, `best_of`
 above 1, `suffix`, penalties, `logit_bias`, `logprobs` above 0, token-id
 prompts) are refused with a 400 rather than ignored; unknown fields too.
+
+Weight reloads (`allow_reload`, the CLI's `--allow-reload`): `POST
+/update_weights_from_disk` with `{"model_path": DIR}` loads the model saved in
+DIR (a directory on the server's machine) in place of the one served, under
+the same name, between two batches: requests that arrived before it are
+answered by the old weights, those after it by the new ones. The name and the
+body follow SGLang's endpoint of that name, so a recipe that samples through a
+server (STaR's `sampler`) can make it follow the weights it trains. Off by
+default: a server that loads any directory it is told to should not listen
+where others can reach it.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the endpoint's `Request` annotation as a class
@@ -223,6 +233,12 @@ class _Job:
     future: Future = field(default_factory=Future)
 
 
+@dataclass
+class _Reload:
+    path: str
+    future: Future = field(default_factory=Future)
+
+
 class EngineWorker:
     """One thread that owns the engine and its tokenizer: context checks, every generate and scoring call, and the
     answers' token texts all run here, one job group at a time (a fast tokenizer must not be used from two threads
@@ -245,23 +261,37 @@ class EngineWorker:
         self.queue.put(job)
         return job.future
 
+    def reload(self, path: str) -> Future:
+        """Serve the model saved in `path` from the next batch on; resolves to the path loaded, or to a
+        `RequestError` (400) naming what is wrong with it."""
+        job = _Reload(path)
+        self.queue.put(job)
+        return job.future
+
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join(timeout=30)
 
     def _loop(self) -> None:
+        held: _Job | _Reload | None = None  # what ended the last round early: the next round starts with it
         while True:
-            first = self.queue.get()
+            first, held = (held if held is not None else self.queue.get()), None
             if first is None:
                 return
+            if isinstance(first, _Reload):
+                self._reload(first)
+                continue
             jobs = [first]
-            while True:  # everything already waiting joins this round
+            while True:  # everything already waiting joins this round, up to a reload (it must come after)
                 try:
                     job = self.queue.get_nowait()
                 except queue.Empty:
                     break
                 if job is None:
                     self.queue.put(None)
+                    break
+                if isinstance(job, _Reload):
+                    held = job
                     break
                 jobs.append(job)
             groups: dict[tuple, list[_Job]] = {}
@@ -283,6 +313,26 @@ class EngineWorker:
                     continue
                 for job, body in zip(group, bodies):
                     job.future.set_result(body)
+
+    def _reload(self, job: _Reload) -> None:
+        from reasonloop.core import ReasonloopError
+        from reasonloop.models import check_model_dir
+
+        try:
+            check_model_dir(job.path)
+            engine = type(self.engine).from_pretrained(job.path, max_batch=self.engine.max_batch)
+        except (ReasonloopError, OSError, ValueError) as e:
+            job.future.set_exception(RequestError(400, f"cannot load '{job.path}': {_first_line(e)}", "model_path"))
+            return
+        except Exception as e:  # noqa: BLE001 - any other failure to load: the old weights stay served
+            job.future.set_exception(
+                RequestError(
+                    500, f"loading '{job.path}' failed: {type(e).__name__}: {_first_line(e)}", kind="server_error"
+                )
+            )
+            return
+        self.engine = engine
+        job.future.set_result(job.path)
 
     def _generate(self, group: list[_Job]) -> list[list[list[Sample]]]:
         r = group[0].request
@@ -359,6 +409,11 @@ def check_context(engine, request: CompletionRequest) -> None:
             )
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _token_texts(tokenizer, ids: list[int]) -> list[str]:
     return [tokenizer.decode([t]) for t in ids]
 
@@ -412,8 +467,9 @@ def _echo_choice(tokenizer, request: CompletionRequest, index: int, prompt: str,
     return choice
 
 
-def make_app(engine, served: str, limits: ServeLimits | None = None):
-    """The FastAPI application serving `engine` (an `HFEngine`) under the model name `served`."""
+def make_app(engine, served: str, limits: ServeLimits | None = None, *, allow_reload: bool = False):
+    """The FastAPI application serving `engine` (an `HFEngine`) under the model name `served`; with `allow_reload`,
+    `POST /update_weights_from_disk` swaps in another saved model (see the module docstring)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
@@ -436,9 +492,32 @@ def make_app(engine, served: str, limits: ServeLimits | None = None):
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        context = getattr(engine.model.config, "max_position_embeddings", None)
-        card = {"id": served, "object": "model", "created": created, "owned_by": "reasonloop", "max_model_len": context}
+        current = worker.engine  # replaced by a reload
+        context = getattr(current.model.config, "max_position_embeddings", None)
+        card = {
+            "id": served, "object": "model", "created": created, "owned_by": "reasonloop", "max_model_len": context,
+            "root": current.name,
+        }  # fmt: skip
         return {"object": "list", "data": [card]}
+
+    @app.post("/update_weights_from_disk")
+    async def update_weights_from_disk(raw: Request):
+        if not allow_reload:
+            return error(
+                RequestError(403, "this server does not load weights on request (start it with --allow-reload)")
+            )
+        try:
+            body = json.loads(await raw.body())
+        except ValueError:
+            return error(RequestError(400, "the request body is not valid JSON"))
+        path = body.get("model_path") if isinstance(body, dict) else None
+        if not isinstance(path, str) or not path:
+            return error(RequestError(400, "'model_path' is required: a model directory on the server", "model_path"))
+        try:
+            loaded = await asyncio.wrap_future(worker.reload(path))
+        except RequestError as e:
+            return JSONResponse({"success": False, "message": e.message, **e.body()}, status_code=e.status)
+        return {"success": True, "message": f"now serving the weights in {loaded}", "model_path": loaded}
 
     @app.post("/v1/completions")
     async def completions(raw: Request):
@@ -467,8 +546,11 @@ def make_app(engine, served: str, limits: ServeLimits | None = None):
     return app
 
 
-def serve(engine, served: str, *, host: str, port: int, limits: ServeLimits | None = None) -> None:
+def serve(
+    engine, served: str, *, host: str, port: int, limits: ServeLimits | None = None, allow_reload: bool = False
+) -> None:
     """Serve until interrupted (uvicorn)."""
     import uvicorn
 
-    uvicorn.run(make_app(engine, served, limits), host=host, port=port, log_level="warning")
+    app = make_app(engine, served, limits, allow_reload=allow_reload)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -22,7 +22,7 @@ from reasonloop.core import (
     seed_everything,
     to_dict,
 )
-from reasonloop.engine import HFEngine
+from reasonloop.engine import HFEngine, open_generator
 from reasonloop.eval import greedy_accuracy
 from reasonloop.models import load_model, resolve_model, save_model
 from reasonloop.tasks import Task, get_task
@@ -212,3 +212,15 @@ def finetune_and_save(
     cfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 20), save_every=max(1, steps // 5), seed=seed)
     finetune(model, tokenizer, pairs, cfg, batch_size, train_dir, seed, bar)
     save_model(model, tokenizer, ckpt)
+
+
+def open_sampler(spec: str, weights: Path, *, max_batch: int):
+    """The generator a round samples from: the `hf` engine on `weights` in process when `spec` is empty, else the
+    server `spec` names (`openai:URL#model`), first told to load `weights` (`load_weights_from_disk`), so that it
+    samples from the model being trained. The server must read `weights` on its own file system (the same
+    machine, or a shared one) and offer reloads (`reasonloop serve --allow-reload`, SGLang); one line otherwise."""
+    if not spec:
+        return HFEngine.from_pretrained(weights, max_batch=max_batch)
+    engine = open_generator(spec, max_batch=max_batch)
+    engine.load_weights_from_disk(Path(weights).resolve())
+    return engine

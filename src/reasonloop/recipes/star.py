@@ -18,6 +18,14 @@ Departures from the paper: several samples per problem at temperature
 per round on a small model), and at most `keep_per_problem` distinct rationales
 kept per problem so easy problems do not dominate the data.
 
+Sampling through a server (`sampler: openai:URL#model`): each round's
+rationales are sampled by that server, which is first told to load the
+round's starting weights (`POST /update_weights_from_disk`: `reasonloop serve
+--allow-reload`, or SGLang), so it samples from the model being trained;
+fine-tuning and the held-out greedy measurement stay in this process. Against
+`reasonloop serve` on the same files the run is the in-process run, sample for
+sample (tested).
+
 Resuming: every phase writes its result before the next starts (samples to
 append-only JSONL with (problem_id, sample_index), training checkpoints through
 `train_loop`, round results to `state.json`), so a killed run continues from the
@@ -31,10 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from reasonloop.core import RunDir, atomic_write_text, bounded
+from reasonloop.core.paths import parse_model_spec
 from reasonloop.engine import HFEngine
 from reasonloop.eval import greedy_accuracy, save_line_plot
 from reasonloop.models import load_model, save_model
-from reasonloop.recipes.common import BarFactory, finetune_and_save, no_bar, sample_to_file, start_run
+from reasonloop.recipes.common import BarFactory, finetune_and_save, no_bar, open_sampler, sample_to_file, start_run
 
 
 @dataclass(frozen=True)
@@ -58,10 +67,17 @@ class StarConfig:
     lr: float = bounded(1e-3, gt=0)  # peak learning rate
     max_batch: int = bounded(256, ge=1)  # engine rows in flight
     seed: int = bounded(0, ge=0)  # problems, sampling and training derive from this
+    sampler: str = (
+        ""  # openai:URL#model: sample through that server (told to load each round's weights); "": in process
+    )
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.samples < 1 or self.keep_per_problem < 1:
             raise ValueError("rounds, samples and keep_per_problem must be at least 1")
+        if self.sampler and parse_model_spec(self.sampler).backend != "openai":
+            raise ValueError(
+                f"sampler must be an openai:URL#model spec (or empty: sample in process), got '{self.sampler}'"
+            )
 
 
 def select_rationales(samples, limit: int) -> dict[str, list[str]]:
@@ -91,7 +107,7 @@ def run_star(cfg: StarConfig, run_dir: str | Path, bar: BarFactory = no_bar, log
     while len(rounds) < cfg.rounds and not _patience_exhausted(state["base_accuracy"], rounds, cfg.patience):
         r = len(rounds) + 1
         current = base if r == 1 else run.checkpoint(f"round{r - 1}")
-        engine = HFEngine.from_pretrained(current, max_batch=cfg.max_batch)
+        engine = open_sampler(cfg.sampler, current, max_batch=cfg.max_batch)
         kw = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + r, bar=bar)
         plain = sample_to_file(
             run, f"round{r}-plain", engine, task, train_problems, lambda p: p.prompt, cfg.samples, **kw
