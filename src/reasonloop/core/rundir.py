@@ -6,7 +6,7 @@ Layout::
     RUN/state.json       what is finished (written atomically)
     RUN/samples/*.jsonl  append-only samples
     RUN/checkpoints/     saved models
-    RUN/metrics.jsonl    one JSON object per logged step
+    RUN/metrics.jsonl    one JSON object per logged step (also sent to TensorBoard / W&B: `core.sinks`)
     RUN/report.md, RUN/plots/
     RUN/.lock            held by the one process writing the run (its pid inside); see `core.lock`
 """
@@ -39,6 +39,8 @@ class RunDir:
         for sub in ("samples", "checkpoints", "plots"):
             (self.path / sub).mkdir(exist_ok=True)
         self._drop_temporaries()
+        self.sinks: list = []  # where `log_metrics` also writes (`open_sinks`); closed with the run
+        weakref.finalize(self, _close_sinks, self.sinks)
 
     def _drop_temporaries(self) -> None:
         """Remove what a writer killed mid-write left: `.<name>.*.tmp` files of atomic writes and `<dir>.tmp`
@@ -50,7 +52,9 @@ class RunDir:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def close(self) -> None:
-        """Let another process write this run (also done when the object is collected or the process ends)."""
+        """Close the metrics sinks and let another process write this run (the lock is also released when the
+        object is collected or the process ends)."""
+        _close_sinks(self.sinks)
         self._lock.release()
 
     # --- config ---------------------------------------------------------------
@@ -98,9 +102,26 @@ class RunDir:
         p = self.samples_path(name)
         return list(read_jsonl(p)) if p.exists() else []
 
+    def open_sinks(self, names: tuple[str, ...] | list[str], config: dict[str, Any]) -> None:
+        """Send every later `log_metrics` record to these sinks too (`core.sinks`: tensorboard, wandb)."""
+        from reasonloop.core.sinks import open_sinks
+
+        _close_sinks(self.sinks)
+        self.sinks.extend(open_sinks(names, self.path, config))
+
     def log_metrics(self, **metrics: Any) -> None:
+        """One line of `metrics.jsonl`, and the same record to each open sink."""
+        record = {"time": time.time(), **metrics}
         with JsonlWriter(self.path / "metrics.jsonl") as w:
-            w.write({"time": time.time(), **metrics})
+            w.write(record)
+        for sink in self.sinks:
+            sink.log(record)
 
     def checkpoint(self, name: str) -> Path:
         return self.path / "checkpoints" / name
+
+
+def _close_sinks(sinks: list) -> None:
+    """Close and forget each sink (a W&B run is finished: its file is complete only then)."""
+    while sinks:
+        sinks.pop(0).close()

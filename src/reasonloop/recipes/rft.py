@@ -51,6 +51,7 @@ class RftConfig:
     lr: float = bounded(2e-3, gt=0)  # peak learning rate
     max_batch: int = bounded(256, ge=1)  # engine rows in flight
     seed: int = bounded(0, ge=0)  # problems, sampling and training derive from this
+    metrics_sinks: tuple[str, ...] = ()  # also send metrics.jsonl records to: "tensorboard", "wandb" (core.sinks)
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.max_paths < 1 or self.steps < 0:

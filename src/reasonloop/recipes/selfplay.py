@@ -108,6 +108,7 @@ class SelfPlayConfig:
     max_new_tokens: int = bounded(96, ge=1)  # generation budget per solution
     max_batch: int = bounded(256, ge=1)  # engine rows in flight
     seed: int = bounded(0, ge=0)  # problems, sampling and training derive from this
+    metrics_sinks: tuple[str, ...] = ()  # also send metrics.jsonl records to: "tensorboard", "wandb" (core.sinks)
 
     def __post_init__(self) -> None:
         for key, value, allowed in (

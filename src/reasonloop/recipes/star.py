@@ -67,9 +67,8 @@ class StarConfig:
     lr: float = bounded(1e-3, gt=0)  # peak learning rate
     max_batch: int = bounded(256, ge=1)  # engine rows in flight
     seed: int = bounded(0, ge=0)  # problems, sampling and training derive from this
-    sampler: str = (
-        ""  # openai:URL#model: sample through that server (told to load each round's weights); "": in process
-    )
+    sampler: str = ""  # openai:URL#model: sample there (it loads each round's weights first); "": in process
+    metrics_sinks: tuple[str, ...] = ()  # also send metrics.jsonl records to: "tensorboard", "wandb" (core.sinks)
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.samples < 1 or self.keep_per_problem < 1:

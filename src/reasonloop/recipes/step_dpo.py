@@ -109,6 +109,7 @@ class StepDpoConfig:
     max_batch: int = bounded(256, ge=1)  # engine rows in flight
     seed: int = bounded(0, ge=0)  # problems, sampling, rollouts and training derive from this
     update: StepDpoUpdateConfig = field(default_factory=StepDpoUpdateConfig)  # values, pairs, loss, training
+    metrics_sinks: tuple[str, ...] = ()  # also send metrics.jsonl records to: "tensorboard", "wandb" (core.sinks)
 
 
 def valued_solutions(samples: list[Sample], per_problem: int) -> list[Sample]:
