@@ -69,7 +69,13 @@ def _task_from_args(args: argparse.Namespace):
         if not sep:
             raise ReasonloopError(f"--task-option '{item}': expected key=value")
         options[k] = yaml.safe_load(v)
-    return get_task(args.task, data=args.data, **options)
+    chat = None
+    if getattr(args, "chat", False):  # commands that sample: render with --model's own chat template
+        from reasonloop.models import chat_renderer, check_model_dir, load_tokenizer
+
+        tokenizer = load_tokenizer(check_model_dir(resolve_model(args.model)))
+        chat = chat_renderer(tokenizer, where=f"--model {args.model}")
+    return get_task(args.task, data=args.data, system_prompt=args.system or "", chat=chat, **options)
 
 
 # --- init ----------------------------------------------------------------------
@@ -425,6 +431,7 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task-option", action="append", metavar="KEY=VALUE", help="world knob, e.g. max_ops=5 (repeatable)"
     )
+    p.add_argument("--system", help="system prompt for the gsm8k, math and jsonl tasks (a line's `system` field wins)")
     p.add_argument("--split", default="test", choices=["train", "test"], help="problem split (default: test)")
     p.add_argument("--num-problems", type=ranged(int, ge=1), default=200, help="how many problems (default: 200)")
 
@@ -443,6 +450,10 @@ def _add_gen_args(p: argparse.ArgumentParser, n_default: int, n_min: int = 1) ->
         "--max-batch", type=ranged(int, ge=1), default=256, help="rows decoded at once; bounds KV-cache memory"
     )
     p.add_argument("--seed", type=ranged(int, ge=0), default=0, help="problem and sampling seed (default: 0)")
+    p.add_argument(
+        "--chat", action="store_true",
+        help="prompt file tasks through --model's chat template (instruct models; needs its local tokenizer)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

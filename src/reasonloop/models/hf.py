@@ -43,6 +43,19 @@ def load_tokenizer(path: str | os.PathLike):
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+def chat_renderer(tokenizer, where: str = "the model"):
+    """`messages -> prompt text`: the tokenizer's own chat template (`apply_chat_template`), ending with the
+    assistant's turn opened (`add_generation_prompt`), as text (the engine tokenises it like any prompt).
+    A tokenizer without a chat template (a base model, nano) is a one-line error naming `where`."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ReasonloopError(f"{where} has no chat template (a base model?): drop the chat option for it")
+
+    def render(messages: list[dict[str, str]]) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    return render
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # any one makes a tokenizer loadable
 
 

@@ -24,7 +24,14 @@ from reasonloop.core import (
 )
 from reasonloop.engine import HFEngine, open_generator
 from reasonloop.eval import greedy_accuracy
-from reasonloop.models import load_model, resolve_model, save_model
+from reasonloop.models import (
+    chat_renderer,
+    check_model_dir,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+    save_model,
+)
 from reasonloop.tasks import Task, get_task
 from reasonloop.train import TrainConfig, sft_on_pairs
 
@@ -160,12 +167,17 @@ class RunSetup:
 def start_run(cfg: Any, run_dir: str | Path) -> RunSetup:
     """Record the config (refusing a different one in the same directory), seed, and draw the problems.
 
-    `cfg` needs `task`, `n_train`, `n_eval`, `model` and `seed` (and may name example files, see `draw_problems`).
+    `cfg` needs `task`, `n_train`, `n_eval`, `model`, `seed` and `metrics_sinks` (and may name example files, see
+    `draw_problems`); the metrics sinks are opened on the run (`core.sinks`).
     """
     model = resolve_model(cfg.model)  # a missing model, or a bad world option, fails before the run directory exists
     draw_problems(cfg)  # so does a malformed example file (file:line)
     run = RunDir(run_dir)
-    run.save_config(to_dict(cfg), defaults_of(type(cfg)))
+    config = to_dict(cfg)
+    # where metrics go is not part of the run: a rerun may add or drop a sink
+    identity = {k: v for k, v in config.items() if k != "metrics_sinks"}
+    run.save_config(identity, {k: v for k, v in defaults_of(type(cfg)).items() if k != "metrics_sinks"})
+    run.open_sinks(cfg.metrics_sinks, identity)
     seed_everything(cfg.seed)
     task, train, test = draw_problems(cfg)
     return RunSetup(run, task, train, test, {p.id: p for p in train}, model)
@@ -175,12 +187,17 @@ def draw_problems(cfg: Any) -> tuple[Task, list[Problem], list[Problem]]:
     """The task, its `n_train` train-split problems and `n_eval` held-out problems, drawn from `cfg.seed`.
 
     A config with example files (`data`, `eval_data`: a file task such as `jsonl`) takes the first `n_train`
-    problems of `data` to learn from and the first `n_eval` of `eval_data` as the held-out set.
+    problems of `data` to learn from and the first `n_eval` of `eval_data` as the held-out set, prompted with its
+    `system_prompt` and, with `chat`, through the model's chat template.
     """
     data = getattr(cfg, "data", "")
     if data:
-        task = get_task(cfg.task, data=data)
-        held_out = get_task(cfg.task, data=cfg.eval_data)
+        shaping: dict[str, Any] = {"system_prompt": cfg.system_prompt}  # the same prompts for both files
+        if cfg.chat:
+            tokenizer = load_tokenizer(check_model_dir(resolve_model(cfg.model)))
+            shaping["chat"] = chat_renderer(tokenizer, where=f"model {cfg.model}")
+        task = get_task(cfg.task, data=data, **shaping)
+        held_out = get_task(cfg.task, data=cfg.eval_data, **shaping)
         return task, task.problems("train", cfg.n_train), held_out.problems("test", cfg.n_eval)
     task = get_task(cfg.task)
     return (

@@ -134,6 +134,8 @@ class RLConfig:
     data: str = ""  # a JSONL file of training examples (reinforcement fine-tuning; needs a file task)
     eval_data: str = ""  # a JSONL file of held-out examples, graded every `eval_every` steps (with `data`)
     grader: str = ""  # a grader YAML file for the rewards ("" = the world's own check)
+    system_prompt: str = ""  # system prompt for a file task's problems (a line's `system` field wins)
+    chat: bool = False  # prompt a file task through the model's chat template (instruct models)
     algorithm: str = "grpo"  # grpo, dr_grpo, rloo, reinforce_pp or ppo
     steps: int = bounded(100, ge=1)  # RL steps (sample, grade, learn)
     prompts_per_step: int = bounded(16, ge=1)  # training problems per step
@@ -160,6 +162,7 @@ class RLConfig:
     lora: LoraSettings | None = None  # train LoRA adapters only (e.g. lora: {r: 16}); None: every weight
     critic: CriticConfig = field(default_factory=CriticConfig)  # PPO only
     reward: RewardConfig = field(default_factory=RewardConfig)  # dense step rewards from a verifier
+    metrics_sinks: tuple[str, ...] = ()  # also send metrics.jsonl records to: "tensorboard", "wandb" (core.sinks)
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:

@@ -11,7 +11,7 @@ from reasonloop.tasks.arith import ArithConfig, ArithTask
 from reasonloop.tasks.base import Task, hash_split
 from reasonloop.tasks.countdown import CountdownConfig, CountdownTask
 from reasonloop.tasks.extract import ExtractConfig, ExtractTask
-from reasonloop.tasks.jsonl import FORMATS, JsonlFormat, JsonlTask
+from reasonloop.tasks.jsonl import FORMATS, ChatRenderer, JsonlFormat, JsonlTask
 
 WORLDS = ("arith", "countdown", "extract")
 TASKS = (*WORLDS, "gsm8k", "math", "jsonl")
@@ -33,8 +33,11 @@ def parse_task_spec(spec: str) -> tuple[str, dict[str, str]]:
     return name.strip(), options
 
 
-def get_task(name: str, data: str | None = None, **options: Any) -> Task:
-    """A task by name. Worlds take their config keys as options; file tasks need `data` (a JSONL path).
+def get_task(
+    name: str, data: str | None = None, *, system_prompt: str = "", chat: ChatRenderer | None = None, **options: Any
+) -> Task:
+    """A task by name. Worlds take their config keys as options; file tasks need `data` (a JSONL path), and may
+    take a `system_prompt` and a `chat` renderer (`JsonlTask`: prompts for instruct models).
 
     `name` may carry the options itself, ``countdown:n_numbers=3,number_max=9``
     (what the `task` key of a recipe config holds).
@@ -42,6 +45,11 @@ def get_task(name: str, data: str | None = None, **options: Any) -> Task:
     if ":" in name:
         name, spec_options = parse_task_spec(name)
         options = {**spec_options, **options}
+    if (system_prompt or chat is not None) and name in WORLDS:
+        raise ConfigError(
+            f"task '{name}': a system prompt and chat templates apply to file tasks (gsm8k, math, jsonl); "
+            "the built-in worlds are prompted as their nano models were trained"
+        )
     if name == "arith":
         return ArithTask(from_dict(ArithConfig, options, source="arith options"))
     if name == "countdown":
@@ -51,7 +59,7 @@ def get_task(name: str, data: str | None = None, **options: Any) -> Task:
     if name in FORMATS:
         if data is None:
             raise ConfigError(f"task '{name}' reads a JSONL file: pass its path (--data FILE)")
-        return JsonlTask(data, name)
+        return JsonlTask(data, name, system_prompt=system_prompt, chat=chat)
     near = difflib.get_close_matches(name, TASKS, n=1)
     hint = f" (did you mean '{near[0]}'?)" if near else ""
     raise ConfigError(f"unknown task '{name}'{hint}; valid tasks: {', '.join(TASKS)}")
@@ -60,6 +68,7 @@ def get_task(name: str, data: str | None = None, **options: Any) -> Task:
 __all__ = [
     "ArithConfig",
     "ArithTask",
+    "ChatRenderer",
     "CountdownConfig",
     "CountdownTask",
     "ExtractConfig",

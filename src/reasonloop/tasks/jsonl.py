@@ -7,6 +7,12 @@
   field of the line is the problem's `meta`, reachable as ``{{item.field}}`` (what reinforcement fine-tuning
   example files look like).
 
+Instruct models (`chat`): with a chat renderer (`models.chat_renderer(tokenizer)`, the model's own
+`apply_chat_template`), a problem's prompt is the model's chat text for a system message (the line's `system`
+field, else the task's `system_prompt`, else none) and a user message holding the question as the file has it,
+ending where the assistant's answer begins. Without one, a system prompt is put before the formatted question,
+followed by a blank line. The prompt is text either way, so sampling, training pairs and serving use it unchanged.
+
 A malformed line raises `DataError` naming ``file:line`` and the reason, as does
 a question longer than `JsonlFormat.max_prompt_chars` (a line longer than
 `core.jsonl.MAX_LINE_BYTES` is refused before it is read whole).
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,15 +99,37 @@ def to_example(problem: Problem) -> dict[str, Any]:
     return {"id": problem.id, "prompt": problem.prompt, "answer": answer, **meta}
 
 
-class JsonlTask:
-    """Problems read from a file. A file has one split: `problems(split=...)` returns it for either name."""
+ChatRenderer = Callable[[list[dict[str, str]]], str]  # chat messages -> the prompt text, up to the assistant's turn
 
-    def __init__(self, path: str | Path, fmt: JsonlFormat | str = "gsm8k", name: str | None = None):
+
+class JsonlTask:
+    """Problems read from a file. A file has one split: `problems(split=...)` returns it for either name.
+
+    `system_prompt` and `chat` (a `ChatRenderer`) shape the prompts for instruct models (module docstring)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        fmt: JsonlFormat | str = "gsm8k",
+        name: str | None = None,
+        *,
+        system_prompt: str = "",
+        chat: ChatRenderer | None = None,
+    ):
         self.path = Path(path)
         self.format = FORMATS[fmt] if isinstance(fmt, str) else fmt
         self.name = name or (fmt if isinstance(fmt, str) else "jsonl")
         self.step_delimiter = self.format.step_delimiter
+        self.system_prompt = system_prompt
+        self.chat = chat
         self._problems: list[Problem] | None = None
+
+    def _prompt(self, question: str, system: str) -> str:
+        if self.chat is None:
+            formatted = self.format.prompt_template.format(prompt=question)
+            return f"{system}\n\n{formatted}" if system else formatted
+        messages = [{"role": "system", "content": system}] if system else []
+        return self.chat([*messages, {"role": "user", "content": question}])
 
     def load(self) -> list[Problem]:
         if self._problems is not None:
@@ -133,12 +162,15 @@ class JsonlTask:
             else:
                 answer = raw_answer.strip()
             pid = str(rec[f.id_field]) if f.id_field and f.id_field in rec else f"{self.path.stem}-{lineno}"
+            system = rec.get("system", self.system_prompt)
+            if not isinstance(system, str):
+                raise DataError(f"{where}: field 'system' must be a string, not {type(system).__name__}")
             meta = {k: v for k, v in rec.items() if k not in (f.prompt_field, f.answer_field, f.solution_field)}
             if f.solution_field and f.solution_field in rec:
                 meta["solution"] = rec[f.solution_field]
             meta["source"] = str(self.path)
             meta["source_line"] = lineno
-            prompt = f.prompt_template.format(prompt=question)
+            prompt = self._prompt(question, system)
             out.append(Problem(id=pid, prompt=prompt, answer=answer, meta=meta))
         self._problems = out
         return out
