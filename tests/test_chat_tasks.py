@@ -113,3 +113,32 @@ def test_rl_example_files_are_prompted_through_the_models_template(gsm8k_file, c
         ),
     ]
     assert test[0].prompt == train[0].prompt
+
+
+@pytest.mark.parametrize(
+    "name, task, eval_file",
+    [
+        ("rl_gsm8k_qwen2.5-0.5b-instruct.yaml", "gsm8k", "gsm8k/test.jsonl"),
+        ("rl_math500_qwen2.5-1.5b-instruct.yaml", "math", "math500/test.jsonl"),
+    ],
+)
+def test_the_instruct_configs_load_and_their_eval_files_read_as_chat(
+    name, task, eval_file, chat_tokenizer, shared_data
+):
+    """Not run (no GPU, no Qwen weights here): their keys, grader and held-out file are checked, and the held-out
+    file reads through a chat template with their system prompt."""
+    from pathlib import Path
+
+    from reasonloop.core import load_config
+    from reasonloop.recipes.rl import RLConfig
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(RLConfig, root / "examples" / "instruct" / name)
+    assert (cfg.task, cfg.chat) == (task, True) and cfg.system_prompt
+    assert (root / cfg.grader).exists() and cfg.eval_data == f"../shared/data/{eval_file}"
+    problems = get_task(
+        cfg.task, data=str(shared_data / eval_file), system_prompt=cfg.system_prompt, chat=chat_renderer(chat_tokenizer)
+    ).problems()
+    assert len(problems) in (1319, 500)
+    assert problems[0].prompt.startswith(f"<|im_start|>system\n{cfg.system_prompt}<|im_end|>\n<|im_start|>user\n")
+    assert problems[0].prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
