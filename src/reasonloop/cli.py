@@ -125,7 +125,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         args.task_option = [f"{k}={v}" for k, v in options.items()]
         args.split, args.num_problems, args.n = "test", args.eval_problems, 16
         args.temperature, args.top_p, args.max_new_tokens, args.seed = 1.0, 1.0, 128, 0
-        args.output = str(out / f"eval_{name}.json")
+        args.output, args.system, args.chat = str(out / f"eval_{name}.json"), None, False
         return cmd_eval(args)
     return 0
 
