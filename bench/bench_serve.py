@@ -58,10 +58,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, threads: int, allow_reload: bool = False) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "reasonloop.cli", "--threads", str(threads), "serve", str(model), "--name", "m",
-           "--port", str(port), "--max-prompts", "64"]  # fmt: skip
+           "--port", str(port), "--max-prompts", "64", *(["--allow-reload"] if allow_reload else [])]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}/v1"
