@@ -56,12 +56,12 @@ from reasonloop.eval.critical_steps import critical_step_agreement
 from reasonloop.models import load_model, save_model
 from reasonloop.recipes.common import BarFactory, no_bar, start_and_samples, start_run
 from reasonloop.tasks import Task
-from reasonloop.train import TrainConfig, dpo_loss, sequence_logprobs, shuffled_batch, train_loop
+from reasonloop.train import TrainConfig, dpo_loss, shuffled_batch, train_loop
 from reasonloop.train.losses import advantage_weighted_loss, step_dpo_loss
 from reasonloop.train.step_pairs import (
     critical_step,
     pad_rows,
-    pair_batch,
+    pair_logprobs,
     solution_pairs,
     splits_at_steps,
     step_advantage_tokens,
@@ -255,21 +255,13 @@ def _train(start: Path, data: list, out: Path, cfg: StepDpoUpdateConfig, seed: i
     else:
         # the reference is the starting model, frozen: its log-probabilities are computed once, not every epoch
         with torch.no_grad():
-            ref = [
-                torch.cat(
-                    [sequence_logprobs(*forward(model, pad_rows(rows[b : b + 64], pad))) for b in range(0, n, 64)]
-                )
-                for rows in (
-                    [(p.context_ids, p.chosen_ids) for p in data],
-                    [(p.context_ids, p.rejected_ids) for p in data],
-                )
-            ]  # (n,) chosen, (n,) rejected
+            both = [pair_logprobs(model, data[b : b + 64], pad).view(2, -1) for b in range(0, n, 64)]
+            ref = torch.cat(both, dim=1)  # (2, n): chosen, rejected
         loss_of = step_dpo_loss if cfg.loss == "step_dpo" else dpo_loss
 
         def loss_fn(m, idx):
-            logps = sequence_logprobs(*forward(m, pair_batch([data[j] for j in idx], pad)))  # (2B,) chosen, rejected
-            sel = torch.tensor(idx)
-            ref_c, ref_r = ref[0][sel].to(logps.device), ref[1][sel].to(logps.device)
+            logps = pair_logprobs(m, [data[j] for j in idx], pad)  # (2B,) chosen, rejected
+            ref_c, ref_r = (r.to(logps.device) for r in ref[:, torch.tensor(idx)])
             return loss_of(logps[: len(idx)], logps[len(idx) :], ref_c, ref_r, beta=cfg.beta)
 
     with bar(steps, f"{cfg.loss} on {n} {'solutions' if cfg.loss == 'advantage_weighted' else 'pairs'}") as advance:
