@@ -177,10 +177,10 @@ def test_step_dpo_on_one_pair_equals_plain_dpo_on_the_whole_sequences(span, char
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_pair_logprobs_share_contexts_and_equal_the_padded_rows(kind, char_tokenizer):
+def test_pair_logprobs_share_contexts_and_equal_the_padded_rows(kind, char_tokenizer, monkeypatch):
     """`pair_logprobs` (each context encoded once, LM head on continuations only) equals summing the padded rows'
     log-probabilities, values and gradients, with contexts of different lengths, one shared by two pairs."""
-    from reasonloop.train import shared_prefix
+    from reasonloop.train import shared_prefix, step_pairs
     from reasonloop.train.step_pairs import PreferencePair, pair_logprobs
 
     model = tiny_model(kind, char_tokenizer, seed=3)
@@ -199,12 +199,14 @@ def test_pair_logprobs_share_contexts_and_equal_the_padded_rows(kind, char_token
     )
     want.sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    got = pair_logprobs(model, pairs, pad)
-    got.sum().backward()
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-    for g, p in zip(grads, model.parameters()):
-        torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
+    for pack in (512, 40):  # all pairs in one packed row, and one pair per row
+        monkeypatch.setattr(step_pairs, "PACK_TOKENS", pack)
+        model.zero_grad()
+        got = pair_logprobs(model, pairs, pad)
+        got.sum().backward()
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        for g, p in zip(grads, model.parameters()):
+            torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
 
 
 # --- the recipe ------------------------------------------------------------------------------------------------------

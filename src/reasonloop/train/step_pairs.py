@@ -173,13 +173,17 @@ def pair_batch(pairs: Sequence[PreferencePair], pad_id: int) -> Batch:
     )
 
 
+PACK_TOKENS = 512  # tokens packed into one row by `pair_logprobs` (its attention mask is that length squared)
+
+
 def pair_logprobs(model, pairs: Sequence[PreferencePair], pad_id: int) -> torch.Tensor:
     """log pi(continuation | context) summed over the continuation's tokens, for [chosen..., rejected...]. -> (2B,)
 
     What `sequence_logprobs` gives on `pair_batch`'s rows (tested), computed with less work for Llama-family
     models: each distinct context goes through the layers once for both of its continuations (and for every
-    pair that shares it), and the LM head runs on continuation tokens only (`shared_prefix`). A per-step pair's
-    context is the prompt plus the solution up to its critical step, most of each row, so this halves the work.
+    pair that shares it), rows are packed without padding, and the LM head runs on continuation tokens only
+    (`shared_prefix.packed_hidden`). A per-step pair's context is the prompt plus the solution up to its
+    critical step, most of each row, so sharing it halves the work; packing saves the padding of the rest.
     Other models run the padded rows through transformers.
     """
     dev = next(model.parameters()).device
@@ -187,27 +191,25 @@ def pair_logprobs(model, pairs: Sequence[PreferencePair], pad_id: int) -> torch.
         b = pair_batch(pairs, pad_id)
         ids, mask = b.input_ids.to(dev), b.completion_mask.to(dev)
         return sequence_logprobs(model(input_ids=ids, attention_mask=b.attention_mask.to(dev)).logits, ids, mask)
+    # packed attention is quadratic in the packed length: pack at most ~`PACK_TOKENS` tokens at a time
+    chunks, size = [[]], 0
+    for p in pairs:
+        n = len(p.context_ids) + len(p.chosen_ids) + len(p.rejected_ids)
+        if chunks[-1] and size + n > PACK_TOKENS:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(p)
+        size += n
+    if len(chunks) > 1:
+        parts = [pair_logprobs(model, c, pad_id).view(2, -1) for c in chunks]
+        return torch.cat(parts, dim=1).reshape(-1)  # [chosen..., rejected...] of all the pairs
     index: dict[tuple[int, ...], int] = {}
     group = [index.setdefault(tuple(p.context_ids), len(index)) for p in pairs] * 2
     continuations = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
-    P, T = max(map(len, index)), max(map(len, continuations))
-    prompts = torch.full((len(index), P), pad_id, dtype=torch.long)  # left-padded contexts
-    prompt_mask = torch.zeros(len(index), P, dtype=torch.long)
-    for u, context in enumerate(index):
-        prompts[u, P - len(context) :] = torch.tensor(context)
-        prompt_mask[u, P - len(context) :] = 1
-    targets = torch.full((len(continuations), T), pad_id, dtype=torch.long)  # right-padded continuations
-    mask = torch.zeros(len(continuations), T)
-    for r, c in enumerate(continuations):
-        targets[r, : len(c)] = torch.tensor(c)
-        mask[r, : len(c)] = 1.0
-    targets, mask = targets.to(dev), mask.to(dev)
-    hidden = shared_prefix.completion_hidden(
-        model, prompts.to(dev), prompt_mask.to(dev), targets, torch.tensor(group, device=dev)
-    )  # (2B, T, C)
-    logits = unwrap(model).lm_head(hidden).float()
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, :, None]).squeeze(-1)  # (2B, T)
-    return (logp * mask).sum(dim=1)
+    hidden, row = shared_prefix.packed_hidden(model, [list(c) for c in index], continuations, group)  # (N, C), (N,)
+    targets = torch.tensor([t for c in continuations for t in c], device=dev)
+    logp = torch.log_softmax(unwrap(model).lm_head(hidden).float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    return torch.zeros(len(continuations), device=dev).index_add(0, row, logp)
 
 
 def step_advantage_tokens(values: Sequence[float], steps_of_tokens: Sequence[int]) -> list[float]:
