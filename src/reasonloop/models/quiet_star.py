@@ -103,10 +103,12 @@ def thought_attention_mask(T: int, n_groups: int) -> torch.Tensor:
 
 
 def float_mask(allowed: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
-    """(Q, K) bool -> (B, 1, Q, K) additive float mask (0 where allowed, the dtype's minimum elsewhere), the form
-    transformers passes unchanged to eager and SDPA attention."""
+    """(Q, K) or (B, Q, K) bool -> (B, 1, Q, K) additive float mask (0 where allowed, the dtype's minimum elsewhere),
+    the form transformers passes unchanged to eager and SDPA attention."""
     m = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-    return m[None, None].expand(batch, 1, *allowed.shape)
+    if m.dim() == 2:
+        return m[None, None].expand(batch, 1, *m.shape)
+    return m[:, None]
 
 
 class MixingHead(nn.Module):
