@@ -180,3 +180,21 @@ def test_whole_objective_is_the_documented_weighting():
     rl, _ = thought_reinforce_loss(logpi.view(1, R, T), logp.sum(-1).view(1, R, T), valid.any(-1)[:1])
     want = 0.3 * base_nll(base, ids, mask)[0] + 0.7 * talk_nll(mixed, ids, mask)[0] + 2.0 * rl
     assert loss.item() == pytest.approx(want.item()) and m["loss"] == pytest.approx(want.item())
+
+
+def test_mixing_weight_is_clamped_but_its_gradient_passes_straight_through():
+    from reasonloop.models.quiet_star import MixingHead
+
+    head = MixingHead(4)
+    with torch.no_grad():
+        head.net[-1].weight.fill_(1.0)
+    h = torch.randn(6, 4)
+    z = head.net(torch.cat([h, h], -1)).squeeze(-1)
+    for sign in (1.0, -1.0, 100.0):  # inside, below and above [0, 1]
+        with torch.no_grad():
+            head.net[-1].weight.fill_(sign)
+        head.zero_grad()
+        w = head(h, h)
+        torch.testing.assert_close(w, (z * sign).clamp(0, 1).detach())
+        w.sum().backward()
+        assert head.net[-1].weight.grad.abs().sum() > 0  # a head below 0 still learns

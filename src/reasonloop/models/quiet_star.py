@@ -29,8 +29,10 @@ Departures from the paper and its reference code, which are ours to state:
   these two embeddings is not reproduced.
 - `n_ahead` counts the sampled thought tokens only; the reference's `n_ahead` also counts <start> and <end>.
 - The mixing weight is w = clamp(z, 0, 1) of the MLP's output z, whose last layer starts at zero, so training starts
-  exactly at the base model's predictions (z = 0 and the clamp passes gradients at 0). The reference leaves z
-  unbounded and mixes hidden states before the LM head; here the logits are mixed, as the paper describes.
+  exactly at the base model's predictions. The clamp's gradient is passed straight through (dw/dz = 1 everywhere):
+  with the plain clamp, early thoughts (useless, so mixing them in hurts) drive z below 0 at every position within a
+  few dozen steps, after which no gradient reaches the head again (seen on the nano model). The reference leaves z
+  unbounded instead, and mixes hidden states before the LM head; here the logits are mixed, as the paper describes.
 - Thought tokens never appear inside a thought or in a prediction of the text: their logits are the float32 minimum, so the
   mixed distribution is over the base vocabulary and equals the base model's when w = 0.
 """
@@ -115,7 +117,8 @@ class MixingHead(nn.Module):
     """w = clamp(MLP([h_base; h_thought]), 0, 1): how much of the post-thought prediction to use at a position.
 
     Three layers with ReLUs (the reference's "complex talk head"); the last has no bias and starts at zero, so w = 0
-    and the mixed prediction is the base model's until training moves it.
+    and the mixed prediction is the base model's until training moves it. The clamp is exact in the forward pass and
+    transparent in the backward pass (a straight-through estimator), so a head pushed below 0 can come back.
     """
 
     def __init__(self, hidden_size: int):
@@ -132,7 +135,7 @@ class MixingHead(nn.Module):
     def forward(self, h_base: torch.Tensor, h_thought: torch.Tensor) -> torch.Tensor:
         """(..., H), (..., H) -> (...,) weights in [0, 1]."""
         z = self.net(torch.cat([h_base, h_thought], dim=-1).to(self.net[0].weight.dtype)).squeeze(-1)
-        return z.clamp(0.0, 1.0)
+        return z.clamp(0.0, 1.0) + (z - z.detach())  # value: the clamp, exactly; gradient: dw/dz = 1
 
 
 @dataclass
