@@ -198,3 +198,16 @@ def test_mixing_weight_is_clamped_but_its_gradient_passes_straight_through():
         torch.testing.assert_close(w, (z * sign).clamp(0, 1).detach())
         w.sum().backward()
         assert head.net[-1].weight.grad.abs().sum() > 0  # a head below 0 still learns
+
+
+def test_the_reference_unbounded_weight_is_saved_with_the_head(tmp_path):
+    model, _, tok, ids, _ = make("nano")
+    loose = QuietStarModel(model.lm, tok, clamp_weight=False)
+    with torch.no_grad():
+        loose.mixing_head.net[-1].weight.copy_(-torch.rand_like(loose.mixing_head.net[-1].weight) - 0.5)
+    loose.save_pretrained(tmp_path / "m")
+    loaded = QuietStarModel.from_pretrained(tmp_path / "m")  # clamp_weight=True by default: the saved head wins
+    thoughts = loaded.sample_thoughts(ids, 1, temperature=0)
+    with torch.no_grad():
+        w = loaded.forward_with_thoughts(ids, thoughts, 1).weights
+    assert not loaded.mixing_head.clamp and (w < 0).any()

@@ -32,7 +32,8 @@ Departures from the paper and its reference code, which are ours to state:
   exactly at the base model's predictions. The clamp's gradient is passed straight through (dw/dz = 1 everywhere):
   with the plain clamp, early thoughts (useless, so mixing them in hurts) drive z below 0 at every position within a
   few dozen steps, after which no gradient reaches the head again (seen on the nano model). The reference leaves z
-  unbounded instead, and mixes hidden states before the LM head; here the logits are mixed, as the paper describes.
+  unbounded instead (`clamp_weight=False` here), and mixes hidden states before the LM head; here the logits are
+  mixed, as the paper describes.
 - Thought tokens never appear inside a thought or in a prediction of the text: their logits are the float32 minimum, so the
   mixed distribution is over the base vocabulary and equals the base model's when w = 0.
 """
@@ -119,10 +120,12 @@ class MixingHead(nn.Module):
     Three layers with ReLUs (the reference's "complex talk head"); the last has no bias and starts at zero, so w = 0
     and the mixed prediction is the base model's until training moves it. The clamp is exact in the forward pass and
     transparent in the backward pass (a straight-through estimator), so a head pushed below 0 can come back.
+    With `clamp=False`, w = z unbounded: the reference implementation's head (a departure from w in [0, 1]).
     """
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, clamp: bool = True):
         super().__init__()
+        self.register_buffer("clamp", torch.tensor(float(clamp)))  # saved with the head: how to read its weights
         self.net = nn.Sequential(
             nn.Linear(2 * hidden_size, hidden_size),
             nn.ReLU(),
@@ -135,6 +138,8 @@ class MixingHead(nn.Module):
     def forward(self, h_base: torch.Tensor, h_thought: torch.Tensor) -> torch.Tensor:
         """(..., H), (..., H) -> (...,) weights in [0, 1]."""
         z = self.net(torch.cat([h_base, h_thought], dim=-1).to(self.net[0].weight.dtype)).squeeze(-1)
+        if not self.clamp:
+            return z
         return z.clamp(0.0, 1.0) + (z - z.detach())  # value: the clamp, exactly; gradient: dw/dz = 1
 
 
@@ -153,12 +158,12 @@ class QuietStarModel(nn.Module):
     """A causal LM with thought tokens and a mixing head. Saved as the LM's own directory plus `mixing_head.safetensors`,
     so the trainer's checkpoints and `load_model` both read it."""
 
-    def __init__(self, lm: nn.Module, tokenizer, *, init_text: str = THOUGHT_INIT_TEXT):
+    def __init__(self, lm: nn.Module, tokenizer, *, init_text: str = THOUGHT_INIT_TEXT, clamp_weight: bool = True):
         super().__init__()
         self.lm = lm
         self.tokenizer = tokenizer
         self.start_id, self.end_id = add_thought_tokens(lm, tokenizer, init_text)
-        self.mixing_head = MixingHead(lm.config.hidden_size)
+        self.mixing_head = MixingHead(lm.config.hidden_size, clamp=clamp_weight)
 
     @property
     def config(self):
@@ -301,12 +306,13 @@ class QuietStarModel(nn.Module):
         return list(missing), list(unexpected)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> QuietStarModel:
-        """Any saved causal LM (thought tokens added if it has none); the mixing head if the directory has one."""
+    def from_pretrained(cls, path: str | os.PathLike, *, clamp_weight: bool = True) -> QuietStarModel:
+        """Any saved causal LM (thought tokens added if it has none); the mixing head if the directory has one (its
+        saved `clamp` then wins over `clamp_weight`)."""
         from safetensors.torch import load_file
 
         lm, tokenizer = load_model(path)
-        model = cls(lm, tokenizer)
+        model = cls(lm, tokenizer, clamp_weight=clamp_weight)
         head_path = Path(path).expanduser() / HEAD_FILE
         if head_path.exists():
             model.load_saved_weights(load_file(str(head_path)))

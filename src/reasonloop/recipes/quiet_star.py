@@ -75,6 +75,7 @@ class QuietStarConfig:
     base_weight: float = bounded(0.5, ge=0, le=1)  # weight of the no-thought NLL (the rest on the mixed NLL)
     reinforce_weight: float = bounded(1.0, ge=0)  # weight of REINFORCE on thoughts
     clip_negative: bool = True  # reinforce only thoughts better than the position's average
+    clamp_weight: bool = True  # mixing weight in [0, 1]; false: unbounded, as the reference implementation
     steps: int = bounded(200, ge=1)  # optimiser steps
     batch_size: int = bounded(8, ge=1)  # documents per step
     lr: float = bounded(1e-3, gt=0)  # peak learning rate (linear warm-up, cosine decay)
@@ -220,7 +221,7 @@ def run_quiet_star(cfg: QuietStarConfig, run_dir: str | Path, bar: BarFactory = 
     run = RunDir(run_dir)
     run.save_config(to_dict(cfg), defaults_of(QuietStarConfig))
     seed_everything(cfg.seed)
-    model = QuietStarModel.from_pretrained(start)
+    model = QuietStarModel.from_pretrained(start, clamp_weight=cfg.clamp_weight)
     tok = model.tokenizer
     train_ids, train_mask, _ = encode_documents(tok, train_docs, cfg.max_len)
     held = encode_documents(tok, held_docs, cfg.max_len)
