@@ -300,6 +300,7 @@ class QuietStarModel(nn.Module):
             {k: v for k, v in weights.items() if not k.startswith(prefix)}, strict=False
         )
         if head:
+            head.setdefault("clamp", self.mixing_head.clamp)  # saved before the flag existed: a clamped head
             self.mixing_head.load_state_dict(head)
         else:
             missing = [*missing, "mixing_head.net.0.weight"]
