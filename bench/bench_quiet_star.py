@@ -8,10 +8,11 @@ greedy accuracy with and without thoughts.
 (a) speed: one batch of held-out arith documents; a thought of `--n-ahead` tokens after every position, greedy, made
     all at once (`QuietStarModel.sample_thoughts`, the diagonal mask) and position by position
     (`sample_thoughts_sequential`, the reference's way); thought tokens per second of each, one run, same thoughts.
-(b) nll: two resumable runs of `reasonloop quiet-star` from the same base, seed, data and schedule, one with thoughts
-    and one without (`thoughts=false`); the held-out NLL per true token at the start and the end, with and without
-    thoughts, over all tokens and over the hard ones (results of arithmetic steps and the answer).
-(c) accuracy: held-out greedy accuracy on `--n-problems` arith test problems of the thought-trained model with
+(b) nll: three resumable runs of `reasonloop quiet-star` from the same base, seed, data and schedule: with thoughts,
+    without (`thoughts=false`, the baseline), and with thoughts and the reference's unbounded mixing weight
+    (`clamp_weight=false`); the held-out NLL per true token at the start and the end, with and without thoughts,
+    over all tokens and over the hard ones (results of arithmetic steps and the answer).
+(c) accuracy: held-out greedy accuracy on `--n-problems` arith test problems of the thought-trained models with
     thoughts and without, and of the baseline, through `QuietStarEngine`; the compute multiplier is the tokens the
     model wrote (thoughts included) per visible token, and the wall-time ratio.
 
@@ -36,6 +37,11 @@ from reasonloop.recipes.quiet_star import QuietStarConfig, documents, encode_doc
 from reasonloop.tasks import get_task
 
 TRAIN = ["steps=200", "lr=3e-4", "eval_every=50", "seed=0"]  # the rest: QuietStarConfig's defaults
+RUNS = {  # name: (run directory, extra keys)
+    "thoughts": ("thoughts-true", ["thoughts=true"]),
+    "baseline": ("thoughts-false", ["thoughts=false"]),
+    "unclamped": ("unclamped", ["thoughts=true", "clamp_weight=false"]),
+}
 
 
 def speed(model_spec: str, n_ahead: int, n_docs: int) -> dict:
@@ -72,6 +78,7 @@ def accuracy(out: Path, n_ahead: int, n_problems: int) -> dict:
     problems = task.problems("test", n_problems, seed=0)
     res = {}
     runs = [("thoughts", "thoughts-true", n_ahead), ("thoughts, read without", "thoughts-true", 0)]
+    runs += [("unclamped", "unclamped", n_ahead), ("unclamped, read without", "unclamped", 0)]
     runs += [("baseline", "thoughts-false", 0)]
     for name, run, n in runs:
         engine = QuietStarEngine.from_pretrained(out / run / "checkpoints" / "final", n_ahead=n)
