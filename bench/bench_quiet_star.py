@@ -28,9 +28,8 @@ from pathlib import Path
 
 import torch
 
-from reasonloop.core import load_config, set_threads
+from reasonloop.core import load_config, mean_score, set_threads
 from reasonloop.engine.quiet_star import QuietStarEngine
-from reasonloop.eval import greedy_accuracy
 from reasonloop.models import resolve_model
 from reasonloop.models.quiet_star import QuietStarModel
 from reasonloop.recipes.quiet_star import QuietStarConfig, documents, encode_documents, run_quiet_star
@@ -62,14 +61,9 @@ def speed(model_spec: str, n_ahead: int, n_docs: int) -> dict:
 
 def nll(out: Path) -> dict:
     res = {}
-    for thoughts in (True, False):
-        cfg = load_config(QuietStarConfig, None, [*TRAIN, f"thoughts={str(thoughts).lower()}"])
-        r = run_quiet_star(cfg, out / f"thoughts-{str(thoughts).lower()}", log=print)
-        res["thoughts" if thoughts else "baseline"] = {
-            "start": r["start"],
-            "final": r["final"],
-            "seconds": r["seconds"],
-        }
+    for name, (run_dir, keys) in RUNS.items():
+        r = run_quiet_star(load_config(QuietStarConfig, None, [*TRAIN, *keys]), out / run_dir, log=print)
+        res[name] = {"start": r["start"], "final": r["final"], "seconds": r["seconds"]}
     return res
 
 
@@ -83,10 +77,16 @@ def accuracy(out: Path, n_ahead: int, n_problems: int) -> dict:
     for name, run, n in runs:
         engine = QuietStarEngine.from_pretrained(out / run / "checkpoints" / "final", n_ahead=n)
         t0 = time.perf_counter()
-        acc = greedy_accuracy(engine, task.grade, problems, task.max_solution_tokens)
+        samples = [s[0] for s in engine.generate([p.prompt for p in problems], 1, temperature=0.0,
+                                                 max_new_tokens=task.max_solution_tokens)]  # fmt: skip
         seconds = time.perf_counter() - t0
-        visible = engine.counts.generated / (1 + n + 2) if n else engine.counts.generated
-        res[name] = {"accuracy": acc, "seconds": seconds, "tokens_per_visible_token": engine.counts.generated / visible}
+        visible = sum(len(s.token_ids) for s in samples)
+        res[name] = {
+            "accuracy": mean_score(task.grade, problems, [s.text for s in samples]),
+            "seconds": seconds,
+            "visible_tokens": visible,
+            "tokens_written_per_visible_token": engine.counts.generated / visible,
+        }
     res["wall_time_ratio"] = res["thoughts"]["seconds"] / res["thoughts, read without"]["seconds"]
     return res
 

@@ -49,8 +49,9 @@ def test_recipe_trains_thoughts_and_reports(tmp_path, tiny_llama_dir):
     for plot in ("loss.png", "held_out_nll.png"):
         assert (tmp_path / "run" / "plots" / plot).stat().st_size > 1000
     base = run_quiet_star(
-        QuietStarConfig(model=str(tiny_llama_dir), thoughts=False, **TINY), tmp_path / "base", log=lambda *_: None
-    )
+        QuietStarConfig(model=str(tiny_llama_dir), **{**TINY, "thoughts": False, "steps": 2, "eval_every": 0}),
+        tmp_path / "base", log=lambda *_: None,
+    )  # fmt: skip
     assert "reinforce_loss" not in base["records"][1] and base["final"]["nll"] != res["final"]["nll"]
     assert "# Baseline (no thoughts)" in (tmp_path / "base" / "report.md").read_text()
 
