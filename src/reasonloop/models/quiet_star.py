@@ -31,9 +31,10 @@ Departures from the paper and its reference code, which are ours to state:
 - The mixing weight is w = clamp(z, 0, 1) of the MLP's output z, whose last layer starts at zero, so training starts
   exactly at the base model's predictions. The clamp's gradient is passed straight through (dw/dz = 1 everywhere):
   with the plain clamp, early thoughts (useless, so mixing them in hurts) drive z below 0 at every position within a
-  few dozen steps, after which no gradient reaches the head again (seen on the nano model). The reference leaves z
-  unbounded instead (`clamp_weight=False` here), and mixes hidden states before the LM head; here the logits are
-  mixed, as the paper describes.
+  few dozen steps, after which no gradient reaches the head again. Even so, on the nano model the head stays at
+  w = 0 (and so every REINFORCE reward at 0) after ~40 steps (BENCHMARKS.md). The reference leaves z unbounded
+  (`clamp_weight=False` here), and mixes hidden states before the LM head; here the logits are mixed, as the paper
+  describes.
 - Thought tokens never appear inside a thought or in a prediction of the text: their logits are the float32 minimum, so the
   mixed distribution is over the base vocabulary and equals the base model's when w = 0.
 """
