@@ -56,14 +56,14 @@ def test_recipe_trains_thoughts_and_reports(tmp_path, tiny_llama_dir):
     assert "# Baseline (no thoughts)" in (tmp_path / "base" / "report.md").read_text()
 
 
-def test_text_file_documents_and_hard_tokens(tmp_path, tiny_llama_dir):
+def test_text_file_documents_and_hard_tokens_through_the_command(tmp_path, tiny_llama_dir, capsys):
     data = tmp_path / "docs.txt"
     data.write_text("\n\n".join(f"Q: {a}+{b}\n{a}+{b}={a + b}\nA: {a + b}" for a in range(4) for b in range(4)))
-    res = run_quiet_star(
-        QuietStarConfig(model=str(tiny_llama_dir), data=str(data), **{**TINY, "steps": 1}), tmp_path / "run",
-        log=lambda *_: None,
-    )  # fmt: skip
-    assert res["final"]["hard_tokens"] == 6 * 2  # six held-out documents, one-digit result and answer each
+    sets = [f"model={tiny_llama_dir}", f"data={data}", "steps=1", "n_ahead=2", "batch_size=4", "n_eval=6"]
+    assert main(["quiet-star", "--run-dir", str(tmp_path / "run"), *sum((["--set", x] for x in sets), [])]) == 0
+    assert "report at" in capsys.readouterr().err
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["final"]["hard_tokens"] == 6 * 2  # six held-out documents, one-digit result and answer each
     from reasonloop.models.nano import build_tokenizer
 
     _, mask, hard = encode_documents(build_tokenizer(), ["Q: 2+3\n2+3=5\nA: 5"], 64)
@@ -96,7 +96,7 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path, tiny_llama_dir
     from reasonloop.core import load_config
 
     config = tmp_path / "qs.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "steps": 5, "model": str(tiny_llama_dir)}))
+    config.write_text(yaml.safe_dump({**TINY, "steps": 5, "eval_every": 0, "model": str(tiny_llama_dir)}))
     whole = run_quiet_star(load_config(QuietStarConfig, config), tmp_path / "whole", log=lambda *_: None)
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
