@@ -51,6 +51,7 @@ class QuietStarEngine:
         self.max_batch = max_batch
         self.name = name or f"quiet-star(n_ahead={n_ahead})"
         self.counts = TokenCounts()
+        self.device = next(model.parameters()).device
         eos = model.lm.generation_config.eos_token_id if model.lm.generation_config else None
         eos = self.tokenizer.eos_token_id if eos is None else eos
         self.eos_ids = [i for i in (eos if isinstance(eos, list) else [eos]) if i is not None]
@@ -63,11 +64,11 @@ class QuietStarEngine:
     def _forward_last(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden state (R, H) and logits (R, V) at the last token of each left-padded row."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        L = max(len(r) for r in rows)
-        ids = torch.tensor([[pad] * (L - len(r)) + r for r in rows])  # (R, L)
-        real = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows], dtype=torch.bool)  # (R, L)
+        L, dev = max(len(r) for r in rows), self.device
+        ids = torch.tensor([[pad] * (L - len(r)) + r for r in rows], device=dev)  # (R, L)
+        real = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows], dtype=torch.bool, device=dev)  # (R, L)
         pos = (real.long().cumsum(dim=1) - 1).clamp(min=0)  # (R, L)
-        allowed = torch.tril(torch.ones(L, L, dtype=torch.bool))[None] & real[:, None, :]  # (R, L, L)
+        allowed = torch.tril(torch.ones(L, L, dtype=torch.bool, device=dev))[None] & real[:, None, :]  # (R, L, L)
         mask = float_mask(allowed, len(rows), self.model.lm.get_input_embeddings().weight.dtype)
         h, logits = self.model.hidden_and_logits(ids, pos, mask)
         return h[:, -1], logits[:, -1]
@@ -82,7 +83,7 @@ class QuietStarEngine:
         for i in range(self.n_ahead):
             _, logits = self._forward_last(thoughts)  # (R, V)
             u = None if thought_u is None else thought_u[:, i]
-            tok, _ = _sample_tokens(logits, self.thought_temperature, 1.0, u)
+            tok, _ = _sample_tokens(logits.cpu(), self.thought_temperature, 1.0, u)
             thoughts = [[*t, int(x)] for t, x in zip(thoughts, tok)]
         h_thought, talk = self._forward_last([[*t, m.end_id] for t in thoughts])
         w = m.mixing_head(h_base, h_thought)[:, None]  # (R, 1)
@@ -130,7 +131,7 @@ class QuietStarEngine:
             for s in range(max_new_tokens):
                 seqs = [prompt_ids[chunk[r][0]] + toks[r] for r in live]
                 logits = self._next_logits(seqs, None if tu is None else tu[live, s])
-                tok, lp = _sample_tokens(logits, temperature, top_p, None if u is None else u[live, s])
+                tok, lp = _sample_tokens(logits.cpu(), temperature, top_p, None if u is None else u[live, s])
                 still = []
                 for r, t, p in zip(live, tok.tolist(), lp.tolist()):
                     toks[r].append(t)
@@ -169,13 +170,15 @@ class QuietStarEngine:
             cs = [self.tokenizer(x, add_special_tokens=False)["input_ids"] for x in completions[c : c + self.max_batch]]
             full = [p + x for p, x in zip(ps, cs)]
             T = max(len(f) for f in full)
-            ids = torch.tensor([f + [pad] * (T - len(f)) for f in full])  # (B, T) right-padded
+            ids = torch.tensor([f + [pad] * (T - len(f)) for f in full], device=self.device)  # (B, T) right-padded
             if self.n_ahead:
                 thoughts = self.model.sample_thoughts(ids, self.n_ahead, temperature=0.0)
                 logits = self.model.forward_with_thoughts(ids, thoughts, 1).mixed_logits[:, :, 0]  # (B, T, V)
             else:
-                logits = self.model.hidden_and_logits(ids, torch.arange(T)[None].expand_as(ids), None)[1]
-            logp = torch.log_softmax(logits, dim=-1)
+                logits = self.model.hidden_and_logits(
+                    ids, torch.arange(T, device=ids.device)[None].expand_as(ids), None
+                )[1]
+            logp = torch.log_softmax(logits, dim=-1).cpu()
             for r, (p, x) in enumerate(zip(ps, cs)):
                 pos = torch.arange(len(p) - 1, len(p) + len(x) - 1)
                 out.append(logp[r, pos, torch.tensor(x, dtype=torch.long)].tolist())

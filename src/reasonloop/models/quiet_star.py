@@ -109,7 +109,7 @@ def thought_attention_mask(T: int, n_groups: int) -> torch.Tensor:
 def float_mask(allowed: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
     """(Q, K) or (B, Q, K) bool -> (B, 1, Q, K) additive float mask (0 where allowed, the dtype's minimum elsewhere),
     the form transformers passes unchanged to eager and SDPA attention."""
-    m = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    m = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
     if m.dim() == 2:
         return m[None, None].expand(batch, 1, *m.shape)
     return m[:, None]
@@ -208,11 +208,12 @@ class QuietStarModel(nn.Module):
         from transformers import DynamicCache
 
         B, T = input_ids.shape
-        allowed = thought_attention_mask(T, n_ahead)  # (S, S); groups 0..n_ahead are fed
-        pos = torch.arange(T)[None].expand(B, T)
+        dev = input_ids.device
+        allowed = thought_attention_mask(T, n_ahead).to(dev)  # (S, S); groups 0..n_ahead are fed
+        pos = torch.arange(T, device=dev)[None].expand(B, T)
         cache = DynamicCache()
         self.hidden_and_logits(input_ids, pos, self._mask(allowed[:T, :T], B), cache)
-        tokens = torch.full((B, T), self.start_id, dtype=torch.long)  # group 1: <start> at every position
+        tokens = torch.full((B, T), self.start_id, dtype=torch.long, device=dev)  # group 1: <start> at every position
         out = []
         for g in range(1, n_ahead + 1):
             rows = allowed[g * T : (g + 1) * T, : (g + 1) * T]  # (T, (g+1)T)
@@ -236,11 +237,12 @@ class QuietStarModel(nn.Module):
         from transformers import DynamicCache
 
         B, T = input_ids.shape
-        out = torch.empty(B, T, n_ahead, dtype=torch.long)
+        dev = input_ids.device
+        out = torch.empty(B, T, n_ahead, dtype=torch.long, device=dev)
         for t in range(T):
-            ids = torch.cat([input_ids[:, : t + 1], torch.full((B, 1), self.start_id)], dim=1)  # (B, t+2)
+            ids = torch.cat([input_ids[:, : t + 1], torch.full((B, 1), self.start_id, device=dev)], dim=1)  # (B, t+2)
             cache = DynamicCache()
-            pos = torch.arange(ids.shape[1])[None].expand(B, -1)
+            pos = torch.arange(ids.shape[1], device=dev)[None].expand(B, -1)
             for i in range(n_ahead):
                 _, logits = self.hidden_and_logits(ids, pos, None, cache)
                 tok = pick(logits[:, -1:], temperature, generator)  # (B, 1)
@@ -258,17 +260,18 @@ class QuietStarModel(nn.Module):
         n_ahead = thoughts.shape[-1]
         G = 1 + n_ahead + 1 + (n_talk - 1)  # groups after the text: <start>, thought, <end>, teacher-forced
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        shifted = [torch.cat([input_ids[:, k:], torch.full((B, k), pad)], dim=1) for k in range(1, n_talk)]
+        dev = input_ids.device
+        shifted = [torch.cat([input_ids[:, k:], torch.full((B, k), pad, device=dev)], dim=1) for k in range(1, n_talk)]
         groups = [
             input_ids,
-            torch.full((B, T), self.start_id),
+            torch.full((B, T), self.start_id, device=dev),
             *thoughts.unbind(-1),
-            torch.full((B, T), self.end_id),
+            torch.full((B, T), self.end_id, device=dev),
             *shifted,
         ]
         ids = torch.cat(groups, dim=1)  # (B, (1+G) T)
-        pos = torch.cat([torch.arange(T) + g for g in range(1 + G)])[None].expand(B, -1)
-        h, logits = self.hidden_and_logits(ids, pos, self._mask(thought_attention_mask(T, G), B))
+        pos = torch.cat([torch.arange(T, device=dev) + g for g in range(1 + G)])[None].expand(B, -1)
+        h, logits = self.hidden_and_logits(ids, pos, self._mask(thought_attention_mask(T, G).to(dev), B))
         h = h.view(B, 1 + G, T, -1)  # (B, 1+G, T, H)
         logits = logits.view(B, 1 + G, T, -1)  # (B, 1+G, T, V)
         base_h, base_logits = h[:, 0], logits[:, 0]  # (B, T, H), (B, T, V)
@@ -277,7 +280,7 @@ class QuietStarModel(nn.Module):
         talk_h = h[:, end : end + n_talk].transpose(1, 2)  # (B, T, n_talk, H)
         talk_logits = logits[:, end : end + n_talk].transpose(1, 2)  # (B, T, n_talk, V)
         # the base prediction of x_{t+1+k} is the text's own at position t+k (clamped past the end: masked anyway)
-        idx = (torch.arange(T)[:, None] + torch.arange(n_talk)[None]).clamp(max=T - 1)  # (T, n_talk)
+        idx = (torch.arange(T, device=dev)[:, None] + torch.arange(n_talk, device=dev)[None]).clamp(max=T - 1)
         base_at = base_logits[:, idx]  # (B, T, n_talk, V)
         weights = self.mixing_head(base_h[:, idx], talk_h)  # (B, T, n_talk)
         mixed = base_at + weights[..., None] * (talk_logits - base_at)  # (B, T, n_talk, V); w = 0 gives base exactly
@@ -327,4 +330,6 @@ def pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | 
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / temperature, dim=-1)
     flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+    if generator is not None and generator.device != flat.device:
+        flat = flat.cpu()  # a CPU generator draws the same numbers whatever device the model is on
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1]).to(logits.device)

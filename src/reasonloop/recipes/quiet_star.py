@@ -184,7 +184,7 @@ def thought_loss(model: QuietStarModel, cfg: QuietStarConfig, ids, mask, generat
 
 def plain_loss(model: QuietStarModel, ids, mask) -> tuple[torch.Tensor, dict]:
     """The baseline: next-token NLL without thoughts (thought tokens never predicted, as in `thought_loss`)."""
-    _, logits = model.hidden_and_logits(ids, torch.arange(ids.shape[1])[None].expand_as(ids), None)
+    _, logits = model.hidden_and_logits(ids, torch.arange(ids.shape[1], device=ids.device)[None].expand_as(ids), None)
     loss, metrics = base_nll(logits, ids, mask)
     return loss, {"loss": loss.item(), **metrics}
 
@@ -195,8 +195,9 @@ def held_out_nll(model: QuietStarModel, cfg: QuietStarConfig, ids, mask, hard, c
     (the mixed prediction of the next token), over all tokens and over the hard ones; and the mean mixing weight."""
     sums = {"nll": 0.0, "nll_hard": 0.0, "nll_thought": 0.0, "nll_thought_hard": 0.0, "weight": 0.0}
     n = n_hard = 0.0
+    dev = next(model.parameters()).device
     for c in range(0, ids.shape[0], chunk):
-        m, i, h = trim(mask[c : c + chunk], ids[c : c + chunk], hard[c : c + chunk])
+        m, i, h = (t.to(dev) for t in trim(mask[c : c + chunk], ids[c : c + chunk], hard[c : c + chunk]))
         target = m[:, 1:].float()  # (B, T-1): x_{t+1} is a real token
         target_hard = h[:, 1:].float()
         thoughts = model.sample_thoughts(i, cfg.n_ahead, temperature=0.0)
@@ -247,7 +248,7 @@ def run_quiet_star(cfg: QuietStarConfig, run_dir: str | Path, bar: BarFactory = 
         for step in range(done, cfg.steps):
             t0 = time.perf_counter()
             rows = shuffled_batch(step, len(train_docs), cfg.batch_size, cfg.seed)
-            mask, ids = trim(train_mask[rows], train_ids[rows])
+            mask, ids = (t.to(trainer.accelerator.device) for t in trim(train_mask[rows], train_ids[rows]))
             gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "thoughts", step))
             record = trainer.step([(ids, mask, gen)], loss_fn) or {"step": step + 1, "skipped": "non-finite loss"}
             record["tokens"] = int(mask.sum())

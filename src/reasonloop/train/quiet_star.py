@@ -26,7 +26,9 @@ def talk_logprobs(
     Returns (logp (B, T, K), valid (B, T, K) bool); logp is 0 where not valid.
     """
     B, T, K, _ = mixed_logits.shape
-    idx = torch.arange(T)[:, None] + 1 + torch.arange(K)[None]  # (T, K) target positions
+    idx = (
+        torch.arange(T, device=input_ids.device)[:, None] + 1 + torch.arange(K, device=input_ids.device)[None]
+    )  # (T, K)
     inside = idx < T
     idx = idx.clamp(max=T - 1)
     targets = input_ids[:, idx]  # (B, T, K)
