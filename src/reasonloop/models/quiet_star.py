@@ -24,8 +24,8 @@ position with ordinary forward passes (tested), at n_ahead forward passes of T t
 Departures from the paper and its reference code, which are ours to state:
 
 - The thought tokens are rows of the embedding matrix (the vocabulary grows by two), initialised to the embedding of
-  the first token of "---" (the em dash the paper chose, "which appears frequently in text data to denote a pause or
-  thought"), or to the mean embedding when the tokenizer has no such token. The reference's 100x gradient scale on
+  the first token of "---" (the paper's choice, a dash as writers use for a pause; the reference's
+  `initial_start_token`), or to the mean embedding when the tokenizer has no such token. The reference's 100x gradient scale on
   these two embeddings is not reproduced.
 - `n_ahead` counts the sampled thought tokens only; the reference's `n_ahead` also counts <start> and <end>.
 - The mixing weight is w = clamp(z, 0, 1) of the MLP's output z, whose last layer starts at zero, so training starts
@@ -35,8 +35,8 @@ Departures from the paper and its reference code, which are ours to state:
   w = 0 (and so every REINFORCE reward at 0) after ~40 steps (BENCHMARKS.md). The reference leaves z unbounded
   (`clamp_weight=False` here), and mixes hidden states before the LM head; here the logits are mixed, as the paper
   describes.
-- Thought tokens never appear inside a thought or in a prediction of the text: their logits are the float32 minimum, so the
-  mixed distribution is over the base vocabulary and equals the base model's when w = 0.
+- Thought tokens never appear inside a thought or in a prediction of the text: their logits are the float32 minimum,
+  so the mixed distribution is over the base vocabulary and equals the base model's when w = 0.
 """
 
 from __future__ import annotations
