@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from reasonloop.core import (
     Problem,
     RunDir,
     Sample,
+    atomic_write_text,
     defaults_of,
     derive_seed,
     grade_sample,
@@ -212,3 +214,16 @@ def finetune_and_save(
     cfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 20), save_every=max(1, steps // 5), seed=seed)
     finetune(model, tokenizer, pairs, cfg, batch_size, train_dir, seed, bar)
     save_model(model, tokenizer, ckpt)
+
+
+def metrics_through(path: Path, step: int) -> list[dict[str, Any]]:
+    """The logged records of steps 0..`step`; lines of later steps (logged before a kill, not checkpointed) are
+    dropped from the file, so each step is logged exactly once when the run redoes them."""
+    if not path.exists():
+        return []
+    repair_jsonl(path)
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    seen: dict[int, dict[str, Any]] = {r["step"]: r for r in kept}  # a step logged twice keeps its last line
+    kept = [seen[s] for s in sorted(seen)]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept

@@ -40,7 +40,6 @@ adapters switched off (no second copy of the weights).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import resource
 import time
@@ -57,13 +56,11 @@ from reasonloop.core import (
     atomic_write_text,
     bounded,
     grade_sample,
-    read_jsonl,
-    repair_jsonl,
 )
 from reasonloop.engine import HFEngine
 from reasonloop.eval import greedy_accuracy, save_line_plot
 from reasonloop.models import load_model, save_model
-from reasonloop.recipes.common import BarFactory, no_bar, start_run
+from reasonloop.recipes.common import BarFactory, metrics_through, no_bar, start_run
 from reasonloop.recipes.process_rewards import ProcessReward
 from reasonloop.tasks import WORLDS, parse_task_spec
 from reasonloop.train import TrainConfig, Trainer, TrainingError, shuffled_batch
@@ -451,7 +448,7 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=pri
     grader = grader or setup.task.grade
     run, task = setup.run, setup.task
     rl = RLRun(cfg, setup.model, run.checkpoint("train"), task.step_delimiter)
-    records = _metrics_through(run.path / "metrics.jsonl", rl.done_steps)
+    records = metrics_through(run.path / "metrics.jsonl", rl.done_steps)
     # compute so far: generator tokens sampled for training, verifier tokens read, refit rollouts; wall seconds
     totals = {k: rl.trainer.extra.get(k, 0) for k in ("tokens_sampled", "tokens_verifier", "tokens_refresh", "seconds")}
 
@@ -517,19 +514,6 @@ def _rollout_stats(samples: list[Sample], rewards: torch.Tensor, cfg: RLConfig) 
 def _log(run, record: dict[str, Any]) -> dict[str, Any]:
     run.log_metrics(**record)
     return record
-
-
-def _metrics_through(path: Path, step: int) -> list[dict[str, Any]]:
-    """The logged records of steps 0..`step`; lines of later steps (logged before a kill, not checkpointed) are
-    dropped from the file, so each step is logged exactly once when the run redoes them."""
-    if not path.exists():
-        return []
-    repair_jsonl(path)
-    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-    seen: dict[int, dict[str, Any]] = {r["step"]: r for r in kept}  # a step logged twice keeps its last line
-    kept = [seen[s] for s in sorted(seen)]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-    return kept
 
 
 def held_out_name(cfg: RLConfig) -> str:
