@@ -46,8 +46,33 @@ def tiny_model_dir(root: Path, hidden: int = 128, layers: int = 4, mlp: int = 25
     return save_model(LlamaForCausalLM(cfg), tok, root / "model")
 
 
-def ours(model_dir: Path, problems, G: int, L: int, steps: int) -> list[dict[str, float]]:
-    cfg = RLConfig(model=str(model_dir), prompts_per_step=len(problems), group_size=G, max_new_tokens=L, lr=1e-5)
+def taught(model_dir: Path, problems, steps: int, seed: int = 0) -> Path:
+    """Teach the model the canonical solutions of `problems` for `steps` SFT steps (in place), so that sampling
+    at temperature 1 gets some answers right and some wrong: groups carry signal, as in a real RL run."""
+    from reasonloop.train import TrainConfig, encode_pairs, sft_loss, train_loop
+
+    model, tok = load_model(model_dir)
+    data = encode_pairs(tok, [p.prompt for p in problems], [p.meta["solution"] for p in problems])
+    g = torch.Generator().manual_seed(seed)
+
+    def loss_fn(m, b):
+        return sft_loss(
+            m(input_ids=b.input_ids, attention_mask=b.attention_mask).logits, b.input_ids, b.completion_mask
+        )
+
+    def batches(i):
+        rows = torch.randint(len(problems), (32,), generator=g)
+        return type(data)(data.input_ids[rows], data.attention_mask[rows], data.completion_mask[rows])
+
+    train_loop(model, tok, batches, loss_fn, TrainConfig(steps=steps, lr=3e-3, warmup=10, seed=seed))
+    return save_model(model, tok, model_dir)
+
+
+def ours(model_dir: Path, problems, G: int, L: int, steps: int, skip: bool = True) -> list[dict[str, float]]:
+    cfg = RLConfig(
+        model=str(model_dir), prompts_per_step=len(problems), group_size=G, max_new_tokens=L, lr=1e-5,
+        skip_no_signal=skip,
+    )  # fmt: skip
     with tempfile.TemporaryDirectory() as ckpt:
         rl = RLRun(cfg, model_dir, Path(ckpt))
         task = ArithTask()
@@ -57,7 +82,12 @@ def ours(model_dir: Path, problems, G: int, L: int, steps: int) -> list[dict[str
             r = rl.train_step(problems, task.grade, task.step_delimiter, step)
             total = time.perf_counter() - t0
             lengths = r["length_mean"]
-            out.append({"total": total, "rollout": r["rollout_s"], "reward": r["grade_s"], "length": lengths})
+            out.append(
+                {
+                    "total": total, "rollout": r["rollout_s"], "reward": r["grade_s"], "length": lengths,
+                    "reward_mean": r["reward_mean"], "no_signal_groups": r["no_signal_groups"],
+                }
+            )  # fmt: skip
     return out[2:]
 
 
@@ -72,11 +102,13 @@ def trl(model_dir: Path, problems, G: int, L: int, steps: int) -> list[dict[str,
     rows = [{"prompt": p.prompt, "answer": p.answer, "id": p.id} for p in problems] * (steps + 2)
     by_id = {p.id: p for p in problems}
     timing: dict[str, float] = {"rollout": 0.0, "reward": 0.0}
+    scores: list[float] = []
 
     def reward(prompts, completions, id, **_):
         t0 = time.perf_counter()
         out = [task.grade(by_id[i], c).score for i, c in zip(id, completions)]
         timing["reward"] += time.perf_counter() - t0
+        scores.extend(out)
         return out
 
     args = GRPOConfig(
@@ -102,13 +134,17 @@ def trl(model_dir: Path, problems, G: int, L: int, steps: int) -> list[dict[str,
     class Clock(TrainerCallback):
         def on_step_begin(self, *_, **__):
             timing.update(start=time.perf_counter(), rollout=0.0, reward=0.0)
+            scores.clear()
 
         def on_step_end(self, *_, **__):
+            groups = torch.tensor(scores).view(-1, G)  # TRL lays the G completions of a prompt side by side
             steps_out.append(
                 {
                     "total": time.perf_counter() - timing["start"],
                     "rollout": timing["rollout"],
                     "reward": timing["reward"],
+                    "reward_mean": groups.mean().item(),
+                    "no_signal_groups": (groups == groups[:, :1]).all(dim=1).float().mean().item(),
                 }
             )
 
@@ -122,6 +158,8 @@ def trl(model_dir: Path, problems, G: int, L: int, steps: int) -> list[dict[str,
 
 def summary(rows: list[dict[str, float]]) -> dict[str, float]:
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    for k in ("reward_mean", "no_signal_groups"):  # what the batches held: averaged over the timed steps
+        med[k] = statistics.mean(r[k] for r in rows)
     med["update"] = med["total"] - med["rollout"] - med["reward"]
     return med
 
@@ -130,19 +168,34 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=6, help="timed steps per side and setting")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--keep-all-rows", action="store_true",
+        help="our update also runs the rows without signal (skip_no_signal: false), as TRL's does",
+    )  # fmt: skip
+    ap.add_argument(
+        "--teach", type=int, default=150,
+        help="SFT steps on the problems' solutions first, so that rewards are mixed (0: an untrained model, every "
+        "reward 0 and no group with signal)",
+    )  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     results = []
     with tempfile.TemporaryDirectory() as root:
         model_dir = tiny_model_dir(Path(root))
+        pool = ArithTask().problems("train", 64, seed=1)
+        if args.teach:
+            taught(model_dir, pool, args.teach)
         for P, G, L in SETTINGS:
-            problems = ArithTask().problems("train", P, seed=1)
-            a = summary(ours(model_dir, problems, G, L, args.steps))
+            problems = pool[:P]
+            a = summary(ours(model_dir, problems, G, L, args.steps, skip=not args.keep_all_rows))
             b = summary(trl(model_dir, problems, G, L, args.steps))
             results.append(
                 {"prompts": P, "group": G, "tokens": L, "ours": a, "trl": b, "ratio": a["total"] / b["total"]}
             )
-    print(f"{'setting':>14} | {'side':>5} | {'step ms':>8} | {'rollout':>8} | {'reward':>7} | {'update':>8} | ratio")
+    print(
+        f"{'setting':>14} | {'side':>5} | {'step ms':>8} | {'rollout':>8} | {'reward':>7} | {'update':>8} | "
+        "mean reward | groups without signal | ratio"
+    )
     for r in results:
         for side in ("ours", "trl"):
             m = r[side]
@@ -150,11 +203,12 @@ def main() -> int:
             setting = f"{r['prompts']}x{r['group']}x{r['tokens']}"
             print(
                 f"{setting:>14} | {side:>5} | {1000 * m['total']:8.1f} | {1000 * m['rollout']:6.1f} "
-                f"({100 * m['rollout'] / m['total']:.0f}%) | {1000 * m['reward']:7.2f} | {1000 * m['update']:8.1f} | {ratio}"
+                f"({100 * m['rollout'] / m['total']:.0f}%) | {1000 * m['reward']:7.2f} | {1000 * m['update']:8.1f} | "
+                f"{m['reward_mean']:.2f} | {100 * m['no_signal_groups']:.0f}% | {ratio}"
             )
     out = Path(__file__).parent / "results" / "rl_step.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"threads": args.threads, "steps": args.steps, "results": results}, indent=1))
+    out.write_text(json.dumps({**vars(args), "results": results}, indent=1))
     return 0
 
 

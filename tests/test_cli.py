@@ -591,6 +591,7 @@ CONFIGS = {  # where each command's --set keys (or grader YAML keys) live
     "rft": "reasonloop.recipes.rft:RftConfig",
     "step-dpo": "reasonloop.recipes.step_dpo:StepDpoConfig",
     "step-dpo (update.*)": "reasonloop.recipes.step_dpo:StepDpoUpdateConfig",
+    "quiet-star": "reasonloop.recipes.quiet_star:QuietStarConfig",
     "vstar": "reasonloop.recipes.vstar:VStarConfig",
     "verifiers": "reasonloop.recipes.verifiers:VerifiersConfig",
     "search": "reasonloop.recipes.scale:SearchConfig",

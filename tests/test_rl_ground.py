@@ -70,7 +70,10 @@ def test_a_rollout_batch_is_the_sampled_ids_not_a_retokenisation(char_tokenizer)
     assert b.position_ids[0, 1:].tolist() == [0, 1, 2, 3, 4] and b.position_ids[1, :4].tolist() == [0, 1, 2, 3]
     assert b.mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     assert b.old_logprobs.tolist() == [[-1.0, -2.0, -3.0], [-0.5, 0.0, 0.0]]
-    assert b.select([1]).input_ids.tolist() == [[1, 2, 3, 4, 0, 0]]
+    one = b.select([1])  # its completion is one token: the padding columns after it go
+    assert (
+        one.input_ids.tolist() == [[1, 2, 3, 4]] and one.mask.tolist() == [[1]] and one.prompts.tolist() == [[1, 2, 3]]
+    )
     assert b.prompts.tolist() == [[0, 5, 6], [1, 2, 3]] and b.group.tolist() == [0, 1]
     with pytest.raises(ValueError, match="prompt_ids"):
         rollout_batch([Sample("p", "text", token_ids=[1], logprobs=[-1.0])], pad_id=0)

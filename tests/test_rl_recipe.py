@@ -201,3 +201,45 @@ def test_the_example_config_loads():
 
     cfg = load_config(RLConfig, Path(__file__).parents[1] / "examples" / "rl" / "grpo_arith.yaml")
     assert cfg.algorithm == "grpo" and cfg.optimizer_steps == cfg.steps * 4
+
+
+@pytest.mark.parametrize("aggregate", ["token_mean", "sequence_mean", "constant"])
+def test_rows_without_signal_are_left_out_with_the_same_loss_and_gradient(aggregate, tmp_path, solver_tiny_dir):
+    """A mini-batch's rows whose advantages are all zero are dropped from the forward and backward passes; the
+    kept rows' scaled loss, and its gradient, equal the whole mini-batch's; no row with signal: zero gradients."""
+    from reasonloop.recipes.rl import RLRun
+    from reasonloop.tasks import ArithTask
+    from reasonloop.train.rollout import rollout_batch
+
+    cfg = _cfg(solver_tiny_dir, aggregate=aggregate, max_new_tokens=24)
+    rl = RLRun(cfg, solver_tiny_dir, tmp_path / "ckpt")
+    problems = ArithTask().problems("train", 3, seed=100)
+    groups = rl.engine.generate([p.prompt for p in problems], 4, temperature=1.0, max_new_tokens=24, seed=3)
+    batch = rollout_batch([s for g in groups for s in g], rl.tokenizer.pad_token_id)
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0])  # group 1 has no signal
+    rl.advantages(batch, rewards)
+    assert (batch.advantages[4:8] == 0).all() and (batch.advantages[[0, 1, 8, 9]] != 0).any(dim=1).all()
+    batch.old_logprobs = batch.old_logprobs + 0.1 * batch.mask  # ratios != 1, so clipping takes part
+
+    def loss_and_grads(b):
+        rl.policy.zero_grad(set_to_none=True)
+        loss, _ = rl.loss(rl.policy, b)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in rl.policy.parameters()]
+
+    kept = rl.signal_rows(batch)
+    assert len(kept) == 8 and kept.loss_scale != 1.0
+    (whole, g_whole), (part, g_part) = loss_and_grads(batch), loss_and_grads(kept)
+    assert part == pytest.approx(whole, abs=1e-6)
+    for a, b in zip(g_whole, g_part):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    quiet = batch.select(torch.arange(4, 8))  # one group, no signal: every gradient is exactly zero either way
+    assert rl.signal_rows(quiet) is None
+    assert all((g == 0).all() for g in loss_and_grads(quiet)[1]) and all(
+        (g == 0).all() for g in loss_and_grads(None)[1]
+    )
+    # a loss that reads every row (an entropy bonus) keeps them all
+    import dataclasses
+
+    rl.cfg = dataclasses.replace(cfg, entropy_coef=0.01)
+    assert rl.signal_rows(batch) is batch

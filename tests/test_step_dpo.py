@@ -176,6 +176,39 @@ def test_step_dpo_on_one_pair_equals_plain_dpo_on_the_whole_sequences(span, char
     assert abs(c[0] - a[0]).item() > 1e-3  # the whole sequences' log-probs differ: only the margin is shared
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_pair_logprobs_share_contexts_and_equal_the_padded_rows(kind, char_tokenizer, monkeypatch):
+    """`pair_logprobs` (each context encoded once, LM head on continuations only) equals summing the padded rows'
+    log-probabilities, values and gradients, with contexts of different lengths, one shared by two pairs."""
+    from reasonloop.train import shared_prefix, step_pairs
+    from reasonloop.train.step_pairs import PreferencePair, pair_logprobs
+
+    model = tiny_model(kind, char_tokenizer, seed=3)
+    assert shared_prefix.supports(model)  # the path under test, not the fallback
+    enc = lambda s: char_tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt = char_tokenizer(PROBLEM.prompt)["input_ids"]
+    pairs = [
+        PreferencePair("p", prompt + enc("2+3=5\n"), enc("5*2=10\n"), enc("5*2=11\n10-1=9\nA: 9")),
+        PreferencePair("p", prompt, enc("2+3=5\n"), enc("2+3=6\n6*2=12")),
+        PreferencePair("p", prompt + enc("2+3=5\n"), enc("5*2=10\nA: 10"), enc("5")),  # the first pair's context
+    ]
+    pad = char_tokenizer.pad_token_id
+    b = pair_batch(pairs, pad)
+    want = sequence_logprobs(
+        model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits, b.input_ids, b.completion_mask
+    )
+    want.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    for pack in (512, 40):  # all pairs in one packed row, and one pair per row
+        monkeypatch.setattr(step_pairs, "PACK_TOKENS", pack)
+        model.zero_grad()
+        got = pair_logprobs(model, pairs, pad)
+        got.sum().backward()
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        for g, p in zip(grads, model.parameters()):
+            torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
+
+
 # --- the recipe ------------------------------------------------------------------------------------------------------
 
 TINY = dict(task="arith", n_train=12, n_eval=6, k=4, max_new_tokens=24)

@@ -1,5 +1,5 @@
 """The `reasonloop` command: init, sample, eval, demo, grade, star, rft, vstar, verifiers, rl, search, scale, selfplay,
-step-dpo, serve.
+step-dpo, quiet-star, serve.
 
 Errors caused by input (unknown task, missing model path, bad config key,
 malformed JSONL) print one line, ``error: ...``, and exit with status 2.
@@ -344,6 +344,7 @@ cmd_verifiers = _report_recipe("VerifiersConfig", "run_verifiers")
 cmd_scale = _report_recipe("ScaleConfig", "run_scale")
 cmd_selfplay = _report_recipe("SelfPlayConfig", "run_selfplay")
 cmd_step_dpo = _report_recipe("StepDpoConfig", "run_step_dpo")
+cmd_quiet_star = _report_recipe("QuietStarConfig", "run_quiet_star")
 
 
 def cmd_star(args: argparse.Namespace) -> int:
@@ -518,6 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
             "SelfPlayConfig",
             "generator and verifier in rounds: search, then train both on what it found",
             cmd_selfplay,
+        ),
+        (
+            "quiet-star",
+            "QuietStarConfig",
+            "Quiet-STaR: learned hidden thoughts before every token of text",
+            cmd_quiet_star,
         ),
     ):
         p = sub.add_parser(name, help=f"{help_text} (resumable: rerun the same command)")

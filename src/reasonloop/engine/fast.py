@@ -139,9 +139,10 @@ class FastDecoder:
     def _layer_weights(self, i: int, layer) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Fused q|k|v and gate|up weights of layer i: one matmul instead of three, and two.
 
-        Rebuilt whenever a source tensor is replaced or changed in place (its
-        version counter moves), so an engine over a model being trained stays
-        right; checked once per layer after each `refresh`.
+        Rebuilt whenever a source tensor is replaced, given new storage (`p.data = ...`
+        restarts its version counter) or changed in place (its version counter moves),
+        so an engine over a model being trained stays right; checked once per layer
+        after each `refresh`.
         """
         cached = self._fused.get(i)
         if cached is not None and i in self._checked:
@@ -150,7 +151,7 @@ class FastDecoder:
         linears = [a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj]
         biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
         tensors = [t for lin in linears for t in lin.parameters()]  # LoRA A and B included
-        key = tuple((id(t), t._version) for t in tensors) + tuple(
+        key = tuple((id(t), t.data_ptr(), t._version) for t in tensors) + tuple(
             bool(getattr(lin, "disable_adapters", False)) for lin in linears
         )
         self._checked.add(i)

@@ -2,6 +2,7 @@
 
 from reasonloop.recipes.demo import DEMO_DEFAULTS, demo_config, run_demo
 from reasonloop.recipes.nano import NanoConfig, train_nano
+from reasonloop.recipes.quiet_star import QuietStarConfig, run_quiet_star
 from reasonloop.recipes.rft import RftConfig, run_rft
 from reasonloop.recipes.rl import RLConfig, run_rl
 from reasonloop.recipes.scale import ScaleConfig, SearchConfig, run_scale
@@ -14,6 +15,7 @@ from reasonloop.recipes.vstar import VStarConfig, run_vstar
 __all__ = [
     "DEMO_DEFAULTS",
     "NanoConfig",
+    "QuietStarConfig",
     "RLConfig",
     "RftConfig",
     "ScaleConfig",
@@ -26,6 +28,7 @@ __all__ = [
     "VStarConfig",
     "demo_config",
     "run_demo",
+    "run_quiet_star",
     "run_rft",
     "run_rl",
     "run_scale",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from reasonloop.core import (
     Problem,
     RunDir,
     Sample,
+    atomic_write_text,
     defaults_of,
     derive_seed,
     grade_sample,
@@ -241,3 +243,16 @@ def open_sampler(spec: str, weights: Path, *, max_batch: int):
     engine = open_generator(spec, max_batch=max_batch)
     engine.load_weights_from_disk(Path(weights).resolve())
     return engine
+
+
+def metrics_through(path: Path, step: int) -> list[dict[str, Any]]:
+    """The logged records of steps 0..`step`; lines of later steps (logged before a kill, not checkpointed) are
+    dropped from the file, so each step is logged exactly once when the run redoes them."""
+    if not path.exists():
+        return []
+    repair_jsonl(path)
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    seen: dict[int, dict[str, Any]] = {r["step"]: r for r in kept}  # a step logged twice keeps its last line
+    kept = [seen[s] for s in sorted(seen)]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept

@@ -40,7 +40,6 @@ adapters switched off (no second copy of the weights).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import resource
 import time
@@ -57,13 +56,11 @@ from reasonloop.core import (
     atomic_write_text,
     bounded,
     grade_sample,
-    read_jsonl,
-    repair_jsonl,
 )
 from reasonloop.engine import HFEngine
 from reasonloop.eval import greedy_accuracy, save_line_plot
 from reasonloop.models import load_model, save_model
-from reasonloop.recipes.common import BarFactory, no_bar, start_run
+from reasonloop.recipes.common import BarFactory, metrics_through, no_bar, start_run
 from reasonloop.recipes.process_rewards import ProcessReward
 from reasonloop.tasks import WORLDS, parse_task_spec
 from reasonloop.train import TrainConfig, Trainer, TrainingError, shuffled_batch
@@ -151,6 +148,7 @@ class RLConfig:
     kl_coef: float = bounded(0.0, ge=0)  # KL to the starting policy (0: no reference model is run)
     kl_in: str = "loss"  # "loss" (k3 term, GRPO) or "reward" (k1 penalty per token, PPO / REINFORCE++)
     entropy_coef: float = bounded(0.0, ge=0)  # entropy bonus
+    skip_no_signal: bool = True  # leave rows whose advantages are all zero out of the update (same gradient)
     temperature: float = bounded(1.0, gt=0)  # sampling temperature (the policy trained is the tempered one)
     max_new_tokens: int = bounded(96, ge=1)  # generation budget per completion
     n_train: int = bounded(1000, ge=1)  # training problems (train split), cycled through in shuffled epochs
@@ -264,8 +262,11 @@ class RLRun:
             return completion_logprobs(self.policy, batch, self.cfg.temperature)
 
     def loss(self, model, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Clipped policy loss (+ KL term, entropy bonus, value loss), for `Trainer.step`."""
+        """Clipped policy loss (+ KL term, entropy bonus, value loss), for `Trainer.step`; a mini-batch without
+        signal (`signal_rows` gave None) is a zero loss over the weights: zero gradients, the optimiser steps."""
         cfg = self.cfg
+        if batch is None:
+            return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0, {}
         values = None
         if isinstance(model, ActorCritic):
             logits, values = model(batch, cfg.temperature)
@@ -276,6 +277,8 @@ class RLRun:
             logprobs, batch.old_logprobs, batch.advantages, batch.mask,
             eps_low=cfg.eps_low, eps_high=cfg.eps_high, aggregate=self.aggregate,
         )  # fmt: skip
+        if batch.loss_scale != 1.0:  # rows without signal left out (`signal_rows`)
+            loss = loss * batch.loss_scale
         if cfg.kl_coef > 0 and cfg.kl_in == "loss":  # KL is reported on the rollout (`advantages`), not here
             kl, _ = kl_loss(
                 logprobs, batch.ref_logprobs, batch.mask, old_logprobs=batch.old_logprobs, aggregate=self.aggregate
@@ -353,11 +356,38 @@ class RLRun:
             else:
                 order = torch.randperm(len(batch), generator=gen)
             for i in range(0, len(batch), size):
-                record = self.trainer.step([batch.select(order[i : i + size])], self.loss)
+                record = self.trainer.step([self.signal_rows(batch.select(order[i : i + size]))], self.loss)
                 if record is not None:
                     records.append(record)
         keys = {k for r in records for k in r} - {"step", "elapsed_s"}
         return {k: sum(r[k] for r in records if k in r) / max(1, sum(k in r for r in records)) for k in keys}
+
+    def signal_rows(self, batch: RolloutBatch) -> RolloutBatch | None:
+        """The rows of a mini-batch that move the policy, with the loss scaled to what the whole mini-batch gives.
+
+        A row whose advantages are all zero (a group whose samples were all right, or all wrong) contributes
+        exactly zero to the clipped policy loss and its gradient, whatever the ratio, so when nothing else in the
+        loss reads it (no KL term in the loss, no entropy bonus, no critic) it is left out of the forward and
+        backward passes. The aggregates weigh rows alike within a batch, so the kept rows' loss times
+        `agg(kept tokens, whole mask) / agg(ones, kept mask)` equals the whole mini-batch's (tested, with its
+        gradient). None when no row carries signal: the optimiser still steps, on zero gradients, as it would.
+        The step's metrics (clip fractions, entropy) are then over the kept rows.
+        """
+        cfg = self.cfg
+        if not cfg.skip_no_signal or (cfg.kl_coef > 0 and cfg.kl_in == "loss") or cfg.entropy_coef > 0:
+            return batch
+        if isinstance(self.module, ActorCritic):
+            return batch
+        keep = (batch.advantages != 0).any(dim=1)
+        if bool(keep.all()):
+            return batch
+        if not bool(keep.any()):
+            return None
+        sub = batch.select(torch.nonzero(keep).flatten())
+        with torch.no_grad():
+            whole = self.aggregate(keep[:, None].float().expand_as(batch.mask), batch.mask)
+            sub.loss_scale = float(whole / self.aggregate(torch.ones_like(sub.mask), sub.mask))
+        return sub
 
     def train_step(self, problems: list[Problem], grader: Grader, delimiter: str, step: int) -> dict[str, float]:
         """One RL step on `problems`: sample, grade, advantages, update. Its diagnostics (see the module docstring)."""
@@ -421,7 +451,7 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=pri
     grader = grader or setup.task.grade
     run, task = setup.run, setup.task
     rl = RLRun(cfg, setup.model, run.checkpoint("train"), task.step_delimiter)
-    records = _metrics_through(run.path / "metrics.jsonl", rl.done_steps)
+    records = metrics_through(run.path / "metrics.jsonl", rl.done_steps)
     # compute so far: generator tokens sampled for training, verifier tokens read, refit rollouts; wall seconds
     totals = {k: rl.trainer.extra.get(k, 0) for k in ("tokens_sampled", "tokens_verifier", "tokens_refresh", "seconds")}
 
@@ -487,19 +517,6 @@ def _rollout_stats(samples: list[Sample], rewards: torch.Tensor, cfg: RLConfig) 
 def _log(run, record: dict[str, Any]) -> dict[str, Any]:
     run.log_metrics(**record)
     return record
-
-
-def _metrics_through(path: Path, step: int) -> list[dict[str, Any]]:
-    """The logged records of steps 0..`step`; lines of later steps (logged before a kill, not checkpointed) are
-    dropped from the file, so each step is logged exactly once when the run redoes them."""
-    if not path.exists():
-        return []
-    repair_jsonl(path)
-    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-    seen: dict[int, dict[str, Any]] = {r["step"]: r for r in kept}  # a step logged twice keeps its last line
-    kept = [seen[s] for s in sorted(seen)]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-    return kept
 
 
 def held_out_name(cfg: RLConfig) -> str:

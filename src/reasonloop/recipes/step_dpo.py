@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,12 +57,12 @@ from reasonloop.eval.critical_steps import critical_step_agreement
 from reasonloop.models import load_model, save_model
 from reasonloop.recipes.common import BarFactory, no_bar, start_and_samples, start_run
 from reasonloop.tasks import Task
-from reasonloop.train import TrainConfig, dpo_loss, sequence_logprobs, shuffled_batch, train_loop
+from reasonloop.train import TrainConfig, dpo_loss, shuffled_batch, train_loop
 from reasonloop.train.losses import advantage_weighted_loss, step_dpo_loss
 from reasonloop.train.step_pairs import (
     critical_step,
     pad_rows,
-    pair_batch,
+    pair_logprobs,
     solution_pairs,
     splits_at_steps,
     step_advantage_tokens,
@@ -228,6 +229,40 @@ def _weighted_rows(records, decode, delimiter: str) -> list[tuple[list[int], lis
     return rows
 
 
+def preference_loss(model, data: list, pad: int, cfg: StepDpoUpdateConfig) -> Callable[[Any, list[int]], Any]:
+    """`loss_fn(model, indices)` of `cfg.loss` over `data` (pairs, or weighted rows for `advantage_weighted`), for
+    `train_loop` / `Trainer.step`. For the DPO losses the reference is `model` as it is now, frozen: its
+    log-probabilities of every pair are computed here, once, not every epoch."""
+
+    if cfg.loss == "advantage_weighted":
+
+        def weighted(m, idx):  # the model as the trainer placed it (accelerate may have moved it to a GPU)
+            dev = next(m.parameters()).device
+            rows = [data[j] for j in idx]
+            b = pad_rows([(p, c) for p, c, _ in rows], pad)
+            adv = torch.zeros(b.input_ids.shape)  # (B, T): each completion token's step advantage
+            for r, (p, c, a) in enumerate(rows):
+                adv[r, len(p) : len(p) + len(c)] = torch.tensor(a)
+            ids = b.input_ids.to(dev)
+            logits = m(input_ids=ids, attention_mask=b.attention_mask.to(dev)).logits
+            return advantage_weighted_loss(
+                logits, ids, b.completion_mask.to(dev), adv.to(dev), cfg.awr_beta, cfg.max_weight
+            )
+
+        return weighted
+    with torch.no_grad():
+        both = [pair_logprobs(model, data[b : b + 64], pad).view(2, -1) for b in range(0, len(data), 64)]
+        ref = torch.cat(both, dim=1)  # (2, n): chosen, rejected
+    loss_of = step_dpo_loss if cfg.loss == "step_dpo" else dpo_loss
+
+    def pairwise(m, idx):
+        logps = pair_logprobs(m, [data[j] for j in idx], pad)  # (2B,) chosen, rejected
+        ref_c, ref_r = (r.to(logps.device) for r in ref[:, torch.tensor(idx)])
+        return loss_of(logps[: len(idx)], logps[len(idx) :], ref_c, ref_r, beta=cfg.beta)
+
+    return pairwise
+
+
 def _train(start: Path, data: list, out: Path, cfg: StepDpoUpdateConfig, seed: int, bar: BarFactory) -> list[dict]:
     """Optimise the model in `start` on `data` (pairs, or weighted rows) with `cfg.loss`; save it to `out/model`.
     Checkpoints in `out/train` (a kill resumes from the last one). Returns the training history."""
@@ -236,43 +271,7 @@ def _train(start: Path, data: list, out: Path, cfg: StepDpoUpdateConfig, seed: i
     n = len(data)
     steps = max(1, math.ceil(cfg.epochs * n / cfg.batch_size))
     tcfg = TrainConfig(steps=steps, lr=cfg.lr, warmup=max(1, steps // 20), save_every=max(1, steps // 5), seed=seed)
-
-    def forward(m, b):  # the model as the trainer placed it (accelerate may have moved it to a GPU)
-        dev = next(m.parameters()).device
-        ids = b.input_ids.to(dev)
-        return m(input_ids=ids, attention_mask=b.attention_mask.to(dev)).logits, ids, b.completion_mask.to(dev)
-
-    if cfg.loss == "advantage_weighted":
-
-        def loss_fn(m, idx):
-            rows = [data[j] for j in idx]
-            b = pad_rows([(p, c) for p, c, _ in rows], pad)
-            adv = torch.zeros(b.input_ids.shape)  # (B, T): each completion token's step advantage
-            for r, (p, c, a) in enumerate(rows):
-                adv[r, len(p) : len(p) + len(c)] = torch.tensor(a)
-            logits, ids, mask = forward(m, b)
-            return advantage_weighted_loss(logits, ids, mask, adv.to(ids.device), cfg.awr_beta, cfg.max_weight)
-
-    else:
-        # the reference is the starting model, frozen: its log-probabilities are computed once, not every epoch
-        with torch.no_grad():
-            ref = [
-                torch.cat(
-                    [sequence_logprobs(*forward(model, pad_rows(rows[b : b + 64], pad))) for b in range(0, n, 64)]
-                )
-                for rows in (
-                    [(p.context_ids, p.chosen_ids) for p in data],
-                    [(p.context_ids, p.rejected_ids) for p in data],
-                )
-            ]  # (n,) chosen, (n,) rejected
-        loss_of = step_dpo_loss if cfg.loss == "step_dpo" else dpo_loss
-
-        def loss_fn(m, idx):
-            logps = sequence_logprobs(*forward(m, pair_batch([data[j] for j in idx], pad)))  # (2B,) chosen, rejected
-            sel = torch.tensor(idx)
-            ref_c, ref_r = ref[0][sel].to(logps.device), ref[1][sel].to(logps.device)
-            return loss_of(logps[: len(idx)], logps[len(idx) :], ref_c, ref_r, beta=cfg.beta)
-
+    loss_fn = preference_loss(model, data, pad, cfg)
     with bar(steps, f"{cfg.loss} on {n} {'solutions' if cfg.loss == 'advantage_weighted' else 'pairs'}") as advance:
         res = train_loop(
             model, tokenizer, lambda i: shuffled_batch(i, n, cfg.batch_size, seed), loss_fn, tcfg,

@@ -42,6 +42,7 @@ class RolloutBatch:
     prompts: torch.Tensor | None = None  # (U, P) each distinct prompt once, left-padded
     prompt_mask: torch.Tensor | None = None  # (U, P)
     group: torch.Tensor | None = None  # (B,) index of each row's prompt in `prompts`
+    loss_scale: float = 1.0  # the policy loss's factor when rows without signal were left out (recipes.rl)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -52,12 +53,15 @@ class RolloutBatch:
         return self.mask.shape[1]
 
     def select(self, rows: torch.Tensor | list[int]) -> RolloutBatch:
-        """The sub-batch of `rows` (a mini-batch): per-row tensors sliced alike, prompts kept that rows use."""
+        """The sub-batch of `rows` (a mini-batch): per-row tensors sliced alike, prompts kept that rows use, and
+        completion columns past the rows' longest completion dropped (padding nobody reads)."""
         rows = torch.as_tensor(rows, dtype=torch.long)
+        T = self.completion_length
+        cut = T - int(self.mask[rows].sum(dim=1).max())  # trailing columns that are padding in every row
         sliced = {
-            f.name: t[rows]
+            f.name: t[rows, : t.shape[1] - cut]
             for f in fields(self)
-            if f.name not in PER_PROMPT and (t := getattr(self, f.name)) is not None
+            if f.name not in PER_PROMPT and isinstance(t := getattr(self, f.name), torch.Tensor)
         }
         used, group = torch.unique(self.group[rows], return_inverse=True)
         return replace(self, **sliced, prompts=self.prompts[used], prompt_mask=self.prompt_mask[used], group=group)

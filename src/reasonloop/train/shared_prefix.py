@@ -33,6 +33,25 @@ def _heads(x: torch.Tensor, n: int, d: int) -> torch.Tensor:
     return x.view(x.shape[0], x.shape[1], n, d)
 
 
+def _qkv(layer, x, cos, sin, H: int, Hkv: int, D: int):
+    """Queries, keys (both rotated) and values of `x` (N, L, C) for one layer. -> each (N, heads, L, D)"""
+    a = layer.self_attn
+    h = fast.rms_norm(layer.input_layernorm, x)
+    q, k, v = _heads(a.q_proj(h), H, D), _heads(a.k_proj(h), Hkv, D), _heads(a.v_proj(h), Hkv, D)
+    if hasattr(a, "q_norm"):  # qwen3 normalises each head before rotary
+        q, k = fast.rms_norm(a.q_norm, q), fast.rms_norm(a.k_norm, k)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    return q * cos + fast.rotate_half(q) * sin, k * cos + fast.rotate_half(k) * sin, v
+
+
+def _finish(layer, x, o, H: int, D: int):
+    """The rest of one layer after attention: output projection, residual, MLP, residual."""
+    a, mlp = layer.self_attn, layer.mlp
+    x = x + a.o_proj(o.transpose(1, 2).reshape(x.shape[0], x.shape[1], H * D))
+    h = fast.rms_norm(layer.post_attention_layernorm, x)
+    return x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
+
+
 def completion_hidden(
     model,
     prompts: torch.Tensor,  # (U, P) distinct prompts, left-padded
@@ -67,28 +86,66 @@ def completion_hidden(
     cos_p, sin_p = (t[:, None] for t in base.rotary_emb(xp, pos_p))  # (U, 1, P, D)
     cos_c, sin_c = (t[:, None] for t in base.rotary_emb(xc, pos_c))  # (B, 1, T, D)
 
-    def qkv(layer, x, cos, sin):
-        a = layer.self_attn
-        h = fast.rms_norm(layer.input_layernorm, x)
-        q, k, v = _heads(a.q_proj(h), H, D), _heads(a.k_proj(h), Hkv, D), _heads(a.v_proj(h), Hkv, D)
-        if hasattr(a, "q_norm"):  # qwen3 normalises each head before rotary
-            q, k = fast.rms_norm(a.q_norm, q), fast.rms_norm(a.k_norm, k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (N, heads, L, D)
-        return q * cos + fast.rotate_half(q) * sin, k * cos + fast.rotate_half(k) * sin, v
-
-    def finish(layer, x, o):
-        a, mlp = layer.self_attn, layer.mlp
-        x = x + a.o_proj(o.transpose(1, 2).reshape(x.shape[0], x.shape[1], H * D))
-        h = fast.rms_norm(layer.post_attention_layernorm, x)
-        return x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
-
     for layer in base.layers:
         scale = layer.self_attn.scaling
-        qp, kp, vp = qkv(layer, xp, cos_p, sin_p)
-        qc, kc, vc = qkv(layer, xc, cos_c, sin_c)
+        qp, kp, vp = _qkv(layer, xp, cos_p, sin_p, H, Hkv, D)
+        qc, kc, vc = _qkv(layer, xc, cos_c, sin_c, H, Hkv, D)
         op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask_p, scale=scale, enable_gqa=Hkv != H)
         keys, values = torch.cat([kp[group], kc], dim=2), torch.cat([vp[group], vc], dim=2)  # (B, Hkv, P + T, D)
         oc = F.scaled_dot_product_attention(qc, keys, values, attn_mask=mask_c, scale=scale, enable_gqa=Hkv != H)
-        xp, xc = finish(layer, xp, op), finish(layer, xc, oc)
+        xp, xc = _finish(layer, xp, op, H, D), _finish(layer, xc, oc, H, D)
     x = torch.cat([xp[group][:, -1:], xc[:, :-1]], dim=1)  # (B, T, C): prompt's last token, then tokens 0..T-2
     return fast.rms_norm(base.norm, x)
+
+
+def packed_hidden(
+    model,
+    contexts: list[list[int]],  # U distinct contexts (prompts, or prompt + shared prefix)
+    continuations: list[list[int]],  # B continuations, each of one context
+    group: list[int],  # (B,) the context of each continuation
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`completion_hidden` without padding: every context and every continuation packed into one row each.
+
+    The U contexts are laid end to end (N_p tokens) and attend causally within their own block; the B
+    continuations are laid end to end (N_c tokens) and attend to their whole context, then causally within
+    their own block; positions restart at every context and continue into its continuations. The layers then
+    run on exactly the real tokens, where the padded form computes max length times rows. Returns the final
+    (normed) hidden states predicting each continuation token, in packed order, (N_c, C), and the continuation
+    each packed token belongs to, (N_c,).
+    """
+    m = fast.unwrap(model)
+    base, cfg = m.model, m.config
+    H = cfg.num_attention_heads
+    Hkv = getattr(cfg, "num_key_value_heads", None) or H
+    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    dev = base.embed_tokens.weight.device
+    lp = torch.tensor([len(c) for c in contexts], device=dev)  # (U,)
+    lc = torch.tensor([len(c) for c in continuations], device=dev)  # (B,)
+    seg_p = torch.repeat_interleave(torch.arange(len(contexts), device=dev), lp)  # (N_p,) context of each token
+    seg_c = torch.repeat_interleave(torch.arange(len(continuations), device=dev), lc)  # (N_c,)
+    pos_p = torch.arange(len(seg_p), device=dev) - (lp.cumsum(0) - lp)[seg_p]  # position within its context
+    t_c = torch.arange(len(seg_c), device=dev) - (lc.cumsum(0) - lc)[seg_c]  # index within its continuation
+    ctx_c = torch.tensor(group, device=dev)[seg_c]  # (N_c,) the context each continuation token follows
+    pos_c = lp[ctx_c] + t_c
+    mask_p = (seg_p[:, None] == seg_p[None, :]) & (pos_p[:, None] >= pos_p[None, :])  # (N_p, N_p)
+    mask_c = torch.cat(
+        [ctx_c[:, None] == seg_p[None, :], (seg_c[:, None] == seg_c[None, :]) & (t_c[:, None] >= t_c[None, :])], dim=1
+    )  # (N_c, N_p + N_c)
+    ids_p = torch.tensor([t for c in contexts for t in c], device=dev)[None]
+    ids_c = torch.tensor([t for c in continuations for t in c], device=dev)[None]
+    xp, xc = base.embed_tokens(ids_p), base.embed_tokens(ids_c)  # (1, N_p, C), (1, N_c, C)
+    cos_p, sin_p = (t[:, None] for t in base.rotary_emb(xp, pos_p[None]))  # (1, 1, N_p, D)
+    cos_c, sin_c = (t[:, None] for t in base.rotary_emb(xc, pos_c[None]))
+    mask_p, mask_c = mask_p[None, None], mask_c[None, None]
+    for layer in base.layers:
+        scale = layer.self_attn.scaling
+        qp, kp, vp = _qkv(layer, xp, cos_p, sin_p, H, Hkv, D)
+        qc, kc, vc = _qkv(layer, xc, cos_c, sin_c, H, Hkv, D)
+        op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask_p, scale=scale, enable_gqa=Hkv != H)
+        keys, values = torch.cat([kp, kc], dim=2), torch.cat([vp, vc], dim=2)
+        oc = F.scaled_dot_product_attention(qc, keys, values, attn_mask=mask_c, scale=scale, enable_gqa=Hkv != H)
+        xp, xc = _finish(layer, xp, op, H, D), _finish(layer, xc, oc, H, D)
+    # token t of a continuation is predicted by its token t - 1, the first one by its context's last token
+    last_p = lp.cumsum(0) - 1  # (U,)
+    x = torch.where((t_c == 0)[:, None], xp[0, last_p[ctx_c]], xc[0].roll(1, dims=0))  # (N_c, C)
+    return fast.rms_norm(base.norm, x), seg_c
