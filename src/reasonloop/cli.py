@@ -131,7 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from reasonloop.core import atomic_write_json, set_threads
-    from reasonloop.engine import open_generator
+    from reasonloop.engine.fanout import RayConfig, open_executor
     from reasonloop.eval import EvalConfig, evaluate, summary_rows
 
     set_threads(getattr(args, "threads", None))
@@ -139,14 +139,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise DataError(f"{args.output}: --output is a directory; give a JSON file path")
     task = _task_from_args(args)
     problems = task.problems(args.split, args.num_problems, seed=args.seed)
-    engine = open_generator(args.model, max_batch=args.max_batch)
-    check_prompts(engine, problems)
     cfg = EvalConfig(
         n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
     )
+    ray_cfg = RayConfig(address=args.ray_address, num_cpus=args.ray_cpus, actors=args.ray_actors)
     t0 = time.perf_counter()
-    with progress_bar(len(problems) * (1 + args.n), f"evaluating on {task.name}") as advance:
-        result = evaluate(engine, task, problems, cfg, progress=advance)
+    with open_executor(args.executor, ray_cfg) as executor:
+        engine = executor.open_generator(args.model, max_batch=args.max_batch)
+        check_prompts(engine, problems)
+        with progress_bar(len(problems) * (1 + args.n), f"evaluating on {task.name}") as advance:
+            result = evaluate(engine, task, problems, cfg, progress=advance, executor=executor)
     result["seconds"] = time.perf_counter() - t0
     table = Table(title=f"{args.model} on {task.name} ({len(problems)} {args.split} problems, n={args.n})")
     table.add_column("metric")
@@ -167,7 +169,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             groups.add_row(g, *(str(v) if k == "problems" else f"{100 * v:.0f}%" for k, v in row.items()))
         Console().print(groups)
     out = {k: v for k, v in result.items() if k != "samples"}
-    out.update(model=str(args.model), task=task.name, split=args.split, config=cfg.__dict__)
+    out.update(model=str(args.model), task=task.name, split=args.split, config=cfg.__dict__, executor=args.executor)
     atomic_write_json(args.output, out)
     _console().print(f"wrote {args.output}")
     return 0
@@ -477,6 +479,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_args(p)
     _add_gen_args(p, 16, n_min=0)  # --n 0: greedy accuracy only
     p.add_argument("--output", default="eval.json", help="where to write the JSON results (default: eval.json)")
+    p.add_argument(
+        "--executor", choices=["local", "ray"], default="local", help="where to sample and grade (default: local)"
+    )
+    p.add_argument("--ray-address", default="", help="Ray cluster to join (default: start a local one)")
+    p.add_argument("--ray-cpus", type=ranged(int, ge=1), default=2, help="CPUs of a local Ray cluster (default: 2)")
+    p.add_argument(
+        "--ray-actors", type=ranged(int, ge=0), default=0, help="generator actors (default 0: one per GPU, else CPU)"
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
