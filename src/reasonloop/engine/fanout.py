@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import heapq
 import os
+import socket
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -67,6 +69,21 @@ def _import_ray():
     except ImportError:
         raise ConfigError("executor 'ray' needs Ray: pip install 'reasonloop[ray]' (or pip install ray)") from None
     return ray
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Refuse, within `timeout_s`, a HOST:PORT (or ray://HOST:PORT) address where nothing listens: Ray itself
+    would keep retrying for minutes. `auto` is left to Ray (it looks for a cluster started on this machine)."""
+    if address == "auto":
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"ray.address '{address}': expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"ray.address '{address}': nothing answers at {host}:{port} ({e})") from None
 
 
 class LocalExecutor:
@@ -275,7 +292,11 @@ class RayExecutor:
         self.cfg = cfg
         if not ray.is_initialized():
             if cfg.address:
-                ray.init(address=cfg.address, log_to_driver=False)
+                _check_reachable(cfg.address)
+                try:
+                    ray.init(address=cfg.address, log_to_driver=False)
+                except ConnectionError as e:  # "auto" with no cluster running here
+                    raise ConfigError(f"ray.address '{cfg.address}': {str(e).strip().splitlines()[0]}") from None
             else:  # a private local cluster: no dashboard, a small object store, safe as root and under /tmp
                 ray.init(
                     num_cpus=cfg.num_cpus,
@@ -286,12 +307,25 @@ class RayExecutor:
         self._generators: list[RayGenerator] = []
 
     def _actors(self) -> tuple[int, bool]:
-        """How many generator actors to start, and whether each takes a GPU."""
+        """How many generator actors to start, and whether each takes a GPU. More actors than the cluster has
+        slots would wait for ever for the missing ones: a one-line error instead."""
         ray = _import_ray()
-        resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
-        count = self.cfg.actors or gpus or int(resources.get("CPU", 1))
-        return max(1, count), gpus > 0
+        total = ray.cluster_resources()
+        gpus = int(total.get("GPU", 0))
+        kind = "GPU" if gpus else "CPU"
+        count = max(1, self.cfg.actors or gpus or int(total.get("CPU", 1)))
+        free = ray.available_resources()
+        for _ in range(20):  # actors just ended (the last round's) hand their slots back within a moment
+            if count <= int(free.get(kind, 0)):
+                break
+            time.sleep(0.5)
+            free = ray.available_resources()
+        if count > int(free.get(kind, 0)):
+            raise ConfigError(
+                f"ray.actors: {count} generator actors need {count} free {kind}s, the cluster has "
+                f"{int(free.get(kind, 0))} free of {int(total.get(kind, 0))} (other actors hold the rest)"
+            )
+        return count, gpus > 0
 
     def open_generator(self, spec: str, *, max_batch: int = 256) -> RayGenerator:
         count, gpus = self._actors()
