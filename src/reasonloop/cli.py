@@ -120,6 +120,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         args.split, args.num_problems, args.n = "test", args.eval_problems, 16
         args.temperature, args.top_p, args.max_new_tokens, args.seed = 1.0, 1.0, 128, 0
         args.output = str(out / f"eval_{name}.json")
+        args.executor, args.ray_address, args.ray_cpus, args.ray_actors = "local", "", 2, 0
         return cmd_eval(args)
     return 0
 
