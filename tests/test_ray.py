@@ -149,7 +149,13 @@ def test_a_call_that_keeps_killing_its_actor_stops_with_one_line(cluster, solver
         assert "\n" not in str(err.value)
 
 
-def test_errors_are_one_line(cluster, tmp_path, monkeypatch):
+def test_errors_are_one_line(cluster, solver_tiny_dir, tmp_path, monkeypatch, capsys):
+    long = tmp_path / "long.jsonl"  # a prompt beyond the model's 256 positions: refused here, before any actor
+    long.write_text(json.dumps({"question": "1 + " * 300 + "1", "answer": "x\n#### 301"}) + "\n")
+    argv = ["eval", "--model", str(solver_tiny_dir), "--task", "gsm8k", "--data", str(long), "--num-problems", "1"]
+    assert main([*argv, "--executor", "ray", "--output", str(tmp_path / "e.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {long}:1: prompt is") and "longer than the model's context (256)" in err, err
     with pytest.raises(ConfigError, match="executor 'dask'"):
         open_executor("dask")
     with pytest.raises(ConfigError, match="config key 'executor'"):

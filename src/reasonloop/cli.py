@@ -145,9 +145,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     ray_cfg = RayConfig(address=args.ray_address, num_cpus=args.ray_cpus, actors=args.ray_actors)
     t0 = time.perf_counter()
+    if args.executor != "local":
+        check_prompts_of_spec(args.model, problems)
     with open_executor(args.executor, ray_cfg) as executor:
         engine = executor.open_generator(args.model, max_batch=args.max_batch)
-        check_prompts(engine, problems)
+        check_prompts(engine, problems)  # a local engine: its own tokenizer and context
         with progress_bar(len(problems) * (1 + args.n), f"evaluating on {task.name}") as advance:
             result = evaluate(engine, task, problems, cfg, progress=advance, executor=executor)
     result["seconds"] = time.perf_counter() - t0
@@ -240,10 +242,27 @@ def check_prompts(engine, problems) -> None:
     an HTTP server (no local tokenizer) is checked by its server, which refuses such a prompt with a 4xx."""
     if getattr(engine, "tokenizer", None) is None:
         return
-    context = getattr(engine.model.config, "max_position_embeddings", None)
+    _check_prompt_lengths(engine.tokenizer, getattr(engine.model.config, "max_position_embeddings", None), problems)
+
+
+def check_prompts_of_spec(spec: str, problems) -> None:
+    """`check_prompts` before a fanned-out generator loads the model on its workers: with the tokenizer and the
+    context length read here, when the spec names local weights this machine can read (a worker's error would
+    otherwise come back from another process). Other specs are checked by their server."""
+    from reasonloop.core.paths import parse_model_spec
+    from reasonloop.models.hf import check_model_dir, load_tokenizer
+
+    if parse_model_spec(spec).backend != "hf" or not resolve_model(spec).exists():
+        return
+    path = check_model_dir(resolve_model(spec))
+    context = json.loads((path / "config.json").read_text()).get("max_position_embeddings")
+    _check_prompt_lengths(load_tokenizer(path), context, problems)
+
+
+def _check_prompt_lengths(tokenizer, context: int | None, problems) -> None:
     for p in problems:
         where = f"{p.meta['source']}:{p.meta['source_line']}" if "source_line" in p.meta else f"problem {p.id}"
-        n_tokens = len(engine.tokenizer(p.prompt)["input_ids"])
+        n_tokens = len(tokenizer(p.prompt)["input_ids"])
         if n_tokens == 0:
             raise DataError(f"{where}: empty prompt")
         if context and n_tokens > context:

@@ -30,6 +30,10 @@ Ray is an optional extra (`pip install reasonloop[ray]`), imported only when
   A chunk that fails `max_restarts + 1` times, or a cluster with no live actor
   left, stops the run with one line. Grading tasks are retried by Ray itself
   (`max_retries`); graders are pure functions, so a rerun grades alike.
+
+It sits in the engine layer because it only composes the engine's
+`open_generator` with core's `grade_sample`; eval and the recipes (above it)
+take an executor and never import Ray.
 """
 
 from __future__ import annotations
