@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reasonloop.core import Generator, Grader, Problem, Sample, bounded
-from reasonloop.engine.fanout import LocalExecutor, RayExecutor
 from reasonloop.eval.metrics import maj_at_k, pass_at_k
 from reasonloop.tasks import Task
+
+if TYPE_CHECKING:  # importing the engine pulls in torch; `import reasonloop.eval` stays light without it
+    from reasonloop.engine.fanout import LocalExecutor, RayExecutor
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,10 @@ def evaluate(
     and the graded `samples`.
     """
     grader = grader or task.grade
-    executor = executor or LocalExecutor()
+    if executor is None:
+        from reasonloop.engine.fanout import LocalExecutor
+
+        executor = LocalExecutor()
 
     def grade(rows: list[list[Sample]]) -> list[list[Sample]]:
         """Every sample of `rows` (one list per problem) graded against its problem, in one batch."""
