@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import threading
 
 import pytest
 import ray
@@ -72,20 +73,24 @@ def test_star_round_on_ray_equals_local(cluster, solver_tiny_dir, tmp_path, one_
     assert run_star(StarConfig(**base), tmp_path / "ray", log=lambda s: None) == remote
 
 
-class _KillFirstActorOnce(RayExecutor):
-    """Kills actor 0 of `victim` (SIGKILL to its process) when the first call's results come back to be graded:
-    the actor is then decoding the next call it was given (each actor holds two), which dies with it."""
+class _KillFirstActorMidRun(RayExecutor):
+    """Freezes actor 0 of `victim` (SIGSTOP) as sampling starts, so the calls it is handed are certainly still in
+    flight, and kills it (SIGKILL) a second after they were handed out, while actor 1 works on."""
 
     def __init__(self, victim) -> None:
         super().__init__()
         self.victim = victim
         self.killed_pid: int | None = None
 
-    def grade(self, grader, pairs, delimiter):
-        if self.killed_pid is None:
-            self.killed_pid = self.victim.actor_pids()[0]
-            os.kill(self.killed_pid, signal.SIGKILL)
-        return super().grade(grader, pairs, delimiter)
+    def generate_calls(self, generator, calls):
+        self.killed_pid = self.victim.actor_pids()[0]
+        os.kill(self.killed_pid, signal.SIGSTOP)
+
+        def handed_out():  # the generator lists every call, then hands them to the actors at once
+            yield from calls
+            threading.Timer(1.0, os.kill, (self.killed_pid, signal.SIGKILL)).start()
+
+        yield from super().generate_calls(generator, handed_out())
 
 
 class TestOnSharedActors:
@@ -129,12 +134,12 @@ class TestOnSharedActors:
         kw = dict(temperature=1.0, max_new_tokens=32, seed=11)
         local_engine = HFEngine.from_pretrained(solver_tiny_dir, max_batch=16)
         sample_jsonl(tmp_path / "local.jsonl", local_engine, task, problems, lambda p: p.prompt, 4, **kw)
-        executor = _KillFirstActorOnce(generator)
+        executor = _KillFirstActorMidRun(generator)
         retries = generator.retries
         out = sample_jsonl(
             tmp_path / "ray.jsonl", generator, task, problems, lambda p: p.prompt, 4, executor=executor, **kw
         )
-        assert executor.killed_pid is not None and generator.retries > retries  # the kill hit a call in flight
+        assert generator.retries > retries  # the calls the killed actor held were run again
         assert generator.actor_pids()[0] != executor.killed_pid  # actor 0 was restarted
         assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
         assert len(out) == 4 * len(problems)
