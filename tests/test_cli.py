@@ -588,6 +588,7 @@ CONFIGS = {  # where each command's --set keys (or grader YAML keys) live
     "rl (critic.*)": "reasonloop.recipes.rl:CriticConfig",
     "rl (reward.*)": "reasonloop.recipes.rl:RewardConfig",
     "star": "reasonloop.recipes.star:StarConfig",
+    "star (ray.*)": "reasonloop.engine.fanout:RayConfig",
     "rft": "reasonloop.recipes.rft:RftConfig",
     "step-dpo": "reasonloop.recipes.step_dpo:StepDpoConfig",
     "step-dpo (update.*)": "reasonloop.recipes.step_dpo:StepDpoUpdateConfig",
@@ -623,6 +624,7 @@ TEXT_CHECKS = {  # what is checked for a flag that takes text ("command flag" ov
     "--set": "key=value; a known key of the command's config, its type and range (below)",
     "--run-dir": "one writer at a time; a rerun must use the same config",
     "--out": "a directory (created)",
+    "--ray-address": "a Ray cluster address (`auto`, `ray://HOST:10001`, `HOST:6379`); one that does not answer is a one-line error",
     "--config": "a YAML file holding a mapping of the config's keys",
 }
 

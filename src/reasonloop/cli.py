@@ -126,6 +126,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         args.split, args.num_problems, args.n = "test", args.eval_problems, 16
         args.temperature, args.top_p, args.max_new_tokens, args.seed = 1.0, 1.0, 128, 0
         args.output, args.system, args.chat = str(out / f"eval_{name}.json"), None, False
+        args.executor, args.ray_address, args.ray_cpus, args.ray_actors = "local", "", 2, 0
         return cmd_eval(args)
     return 0
 
@@ -137,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from reasonloop.core import atomic_write_json, set_threads
-    from reasonloop.engine import open_generator
+    from reasonloop.engine.fanout import RayConfig, open_executor
     from reasonloop.eval import EvalConfig, evaluate, summary_rows
 
     set_threads(getattr(args, "threads", None))
@@ -145,14 +146,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise DataError(f"{args.output}: --output is a directory; give a JSON file path")
     task = _task_from_args(args)
     problems = task.problems(args.split, args.num_problems, seed=args.seed)
-    engine = open_generator(args.model, max_batch=args.max_batch)
-    check_prompts(engine, problems)
     cfg = EvalConfig(
         n=args.n, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
     )
+    ray_cfg = RayConfig(address=args.ray_address, num_cpus=args.ray_cpus, actors=args.ray_actors)
     t0 = time.perf_counter()
-    with progress_bar(len(problems) * (1 + args.n), f"evaluating on {task.name}") as advance:
-        result = evaluate(engine, task, problems, cfg, progress=advance)
+    if args.executor != "local":
+        check_prompts_of_spec(args.model, problems)
+    with open_executor(args.executor, ray_cfg) as executor:
+        engine = executor.open_generator(args.model, max_batch=args.max_batch)
+        check_prompts(engine, problems)  # a local engine: its own tokenizer and context
+        with progress_bar(len(problems) * (1 + args.n), f"evaluating on {task.name}") as advance:
+            result = evaluate(engine, task, problems, cfg, progress=advance, executor=executor)
     result["seconds"] = time.perf_counter() - t0
     table = Table(title=f"{args.model} on {task.name} ({len(problems)} {args.split} problems, n={args.n})")
     table.add_column("metric")
@@ -173,7 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             groups.add_row(g, *(str(v) if k == "problems" else f"{100 * v:.0f}%" for k, v in row.items()))
         Console().print(groups)
     out = {k: v for k, v in result.items() if k != "samples"}
-    out.update(model=str(args.model), task=task.name, split=args.split, config=cfg.__dict__)
+    out.update(model=str(args.model), task=task.name, split=args.split, config=cfg.__dict__, executor=args.executor)
     atomic_write_json(args.output, out)
     _console().print(f"wrote {args.output}")
     return 0
@@ -243,10 +248,27 @@ def check_prompts(engine, problems) -> None:
     an HTTP server (no local tokenizer) is checked by its server, which refuses such a prompt with a 4xx."""
     if getattr(engine, "tokenizer", None) is None:
         return
-    context = getattr(engine.model.config, "max_position_embeddings", None)
+    _check_prompt_lengths(engine.tokenizer, getattr(engine.model.config, "max_position_embeddings", None), problems)
+
+
+def check_prompts_of_spec(spec: str, problems) -> None:
+    """`check_prompts` before a fanned-out generator loads the model on its workers: with the tokenizer and the
+    context length read here, when the spec names local weights this machine can read (a worker's error would
+    otherwise come back from another process). Other specs are checked by their server."""
+    from reasonloop.core.paths import parse_model_spec
+    from reasonloop.models.hf import check_model_dir, load_tokenizer
+
+    if parse_model_spec(spec).backend != "hf" or not resolve_model(spec).exists():
+        return
+    path = check_model_dir(resolve_model(spec))
+    context = json.loads((path / "config.json").read_text()).get("max_position_embeddings")
+    _check_prompt_lengths(load_tokenizer(path), context, problems)
+
+
+def _check_prompt_lengths(tokenizer, context: int | None, problems) -> None:
     for p in problems:
         where = f"{p.meta['source']}:{p.meta['source_line']}" if "source_line" in p.meta else f"problem {p.id}"
-        n_tokens = len(engine.tokenizer(p.prompt)["input_ids"])
+        n_tokens = len(tokenizer(p.prompt)["input_ids"])
         if n_tokens == 0:
             raise DataError(f"{where}: empty prompt")
         if context and n_tokens > context:
@@ -489,6 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_args(p)
     _add_gen_args(p, 16, n_min=0)  # --n 0: greedy accuracy only
     p.add_argument("--output", default="eval.json", help="where to write the JSON results (default: eval.json)")
+    p.add_argument(
+        "--executor", choices=["local", "ray"], default="local", help="where to sample and grade (default: local)"
+    )
+    p.add_argument("--ray-address", default="", help="Ray cluster to join (default: start a local one)")
+    p.add_argument("--ray-cpus", type=ranged(int, ge=1), default=2, help="CPUs of a local Ray cluster (default: 2)")
+    p.add_argument(
+        "--ray-actors", type=ranged(int, ge=0), default=0, help="generator actors (default 0: one per GPU, else CPU)"
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(

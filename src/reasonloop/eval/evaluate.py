@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reasonloop.core import Generator, Grader, Problem, Sample, bounded, grade_sample
+from reasonloop.core import Generator, Grader, Problem, Sample, bounded
 from reasonloop.eval.metrics import maj_at_k, pass_at_k
 from reasonloop.tasks import Task
+
+if TYPE_CHECKING:  # importing the engine pulls in torch; `import reasonloop.eval` stays light without it
+    from reasonloop.engine.fanout import LocalExecutor, RayExecutor
 
 
 @dataclass(frozen=True)
@@ -29,24 +32,34 @@ def evaluate(
     cfg: EvalConfig = EvalConfig(),
     progress: Callable[[int], None] | None = None,
     grader: Grader | None = None,
+    executor: LocalExecutor | RayExecutor | None = None,
 ) -> dict[str, Any]:
     """Greedy accuracy, and with `cfg.n` samples: pass@k and maj@k for k = 1, 2, 4, .. n.
 
     Completions are graded by `grader` (the task's own check by default); a
     sample counts as correct when its grade is 1. `progress` is called with the
-    number of completions finished, as they finish. Returns a summary dict with a
-    `per_problem` list and the graded `samples`.
+    number of completions finished, as they finish. Grading runs where `executor`
+    says (this process by default; Ray tasks for a `RayExecutor`, whose generator
+    then samples on its actors). Returns a summary dict with a `per_problem` list
+    and the graded `samples`.
     """
     grader = grader or task.grade
+    if executor is None:
+        from reasonloop.engine.fanout import LocalExecutor
 
-    def grade(problem: Problem, sample: Sample) -> Sample:
-        return grade_sample(grader, problem, sample, task.step_delimiter)
+        executor = LocalExecutor()
+
+    def grade(rows: list[list[Sample]]) -> list[list[Sample]]:
+        """Every sample of `rows` (one list per problem) graded against its problem, in one batch."""
+        pairs = [(p, s) for p, ss in zip(problems, rows) for s in ss]
+        graded = iter(executor.grade(grader, pairs, task.step_delimiter))
+        return [[next(graded) for _ in ss] for ss in rows]
 
     prompts = [p.prompt for p in problems]
     before = generator.counts.copy()
     kw = dict(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-    greedy = generator.generate(prompts, 1, temperature=0.0, progress=progress, **kw)  # type: ignore[call-arg]
-    greedy_grades = [grade(p, s[0]).reward or 0.0 for p, s in zip(problems, greedy)]
+    greedy = grade(generator.generate(prompts, 1, temperature=0.0, progress=progress, **kw))  # type: ignore[call-arg]
+    greedy_grades = [s[0].reward or 0.0 for s in greedy]
     greedy_ok = [float(g == 1.0) for g in greedy_grades]
     result: dict[str, Any] = {"num_problems": len(problems), "greedy_accuracy": sum(greedy_ok) / len(problems)}
     if greedy_ok != greedy_grades:  # a grader with partial credit (extract's field F1): its mean too
@@ -59,18 +72,19 @@ def evaluate(
     if cfg.n > 0:
         from reasonloop.eval.metrics import ks_up_to
 
-        sampled = generator.generate(
-            prompts,
-            cfg.n,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            progress=progress,
-            **kw,  # type: ignore[call-arg]
+        sampled = grade(
+            generator.generate(
+                prompts,
+                cfg.n,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                progress=progress,
+                **kw,  # type: ignore[call-arg]
+            )
         )
         ks = ks_up_to(cfg.n)
         sums = {f"pass@{k}": 0.0 for k in ks} | {f"maj@{k}": 0.0 for k in ks}
-        for rec, p, ss in zip(per_problem, problems, sampled):
-            graded = [grade(p, s) for s in ss]
+        for rec, p, graded in zip(per_problem, problems, sampled):
             c = sum(s.reward == 1.0 for s in graded)
             answers = [s.answer for s in graded]
             rec["n_correct"] = c

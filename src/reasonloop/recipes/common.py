@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from reasonloop.core import (
+    Generator,
     JsonlWriter,
     Problem,
     RunDir,
@@ -18,13 +19,13 @@ from reasonloop.core import (
     atomic_write_text,
     defaults_of,
     derive_seed,
-    grade_sample,
     read_jsonl,
     repair_jsonl,
     seed_everything,
     to_dict,
 )
 from reasonloop.engine import HFEngine, open_generator
+from reasonloop.engine.fanout import LocalExecutor, RayExecutor
 from reasonloop.eval import greedy_accuracy
 from reasonloop.models import (
     chat_renderer,
@@ -36,6 +37,8 @@ from reasonloop.models import (
 )
 from reasonloop.tasks import Task, get_task
 from reasonloop.train import TrainConfig, sft_on_pairs
+
+PLACEMENT_KEYS = ("executor", "ray")  # config keys that say where sampling and grading run, not what they compute
 
 # A progress factory: `with bar(total, description) as advance: advance(k)`.
 BarFactory = Callable[[int, str], contextlib.AbstractContextManager]
@@ -75,7 +78,7 @@ def start_and_samples(
 
 def sample_jsonl(
     path: Path,
-    engine: HFEngine,
+    engine: Generator,
     task: Task,
     problems: list[Problem],
     prompt_of: Callable[[Problem], str],
@@ -87,6 +90,7 @@ def sample_jsonl(
     top_p: float = 1.0,
     bar: BarFactory = no_bar,
     description: str = "sampling",
+    executor: LocalExecutor | RayExecutor | None = None,
 ) -> list[Sample]:
     """`n` graded samples per problem in JSONL `path`, resuming what a killed run left; the first `n` per problem.
 
@@ -100,7 +104,13 @@ def sample_jsonl(
     what is missing). So a resumed run repeats the very calls of an
     uninterrupted one, float rounding of the logprobs included, and the file
     ends up byte for byte the same (same machine and thread count).
+
+    `executor` says where the calls and the grading run (this process by
+    default). A Ray executor runs the same fixed calls concurrently on its
+    actors and grades in Ray tasks; lines are still written group by group in
+    order, so the file is the one the local executor writes.
     """
+    executor = executor or LocalExecutor()
     have: dict[str, list[Sample]] = {}
     if path.exists():
         repair_jsonl(path)
@@ -112,24 +122,29 @@ def sample_jsonl(
     groups = [g for g in groups if any(len(have.get(p.id, [])) < n for p in g)]
     if groups:
         total = sum(max(0, n - len(have.get(p.id, []))) for g in groups for p in g)
+        calls = (
+            dict(
+                prompts=[prompt_of(p) for p in group],
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                seeds=[derive_seed(seed, p.id) for p in group],
+            )
+            for group in groups
+        )
         with bar(total, description) as advance, JsonlWriter(path) as w:
-            for group in groups:
-                out = engine.generate(
-                    [prompt_of(p) for p in group],
-                    n,
-                    temperature=temperature,
-                    top_p=top_p,
-                    max_new_tokens=max_new_tokens,
-                    seeds=[derive_seed(seed, p.id) for p in group],
-                )
-                for p, samples in zip(group, out):
-                    start = len(have.get(p.id, []))
+            for group, out in zip(groups, executor.generate_calls(engine, calls)):
+                starts = [len(have.get(p.id, [])) for p in group]  # samples each problem already has
+                new: list[tuple[Problem, Sample]] = []
+                for p, start, samples in zip(group, starts, out):
                     for j, s in enumerate(samples[start:], start=start):
                         s.meta["sample_index"] = j
-                        grade_sample(task.grade, p, s, task.step_delimiter)
-                        w.write(s.to_dict())
-                        have.setdefault(p.id, []).append(s)
-                    advance(max(0, n - start))
+                        new.append((p, s))
+                for (p, _), s in zip(new, executor.grade(task.grade, new, task.step_delimiter)):
+                    w.write(s.to_dict())
+                    have.setdefault(p.id, []).append(s)
+                advance(sum(max(0, n - start) for start in starts))
     return [s for p in problems for s in have.get(p.id, [])[:n]]
 
 
@@ -175,11 +190,13 @@ def start_run(cfg: Any, run_dir: str | Path) -> RunSetup:
     model = resolve_model(cfg.model)  # a missing model, or a bad world option, fails before the run directory exists
     draw_problems(cfg)  # so does a malformed example file (file:line)
     run = RunDir(run_dir)
-    config = to_dict(cfg)
-    # where metrics go is not part of the run: a rerun may add or drop a sink
-    identity = {k: v for k, v in config.items() if k != "metrics_sinks"}
-    run.save_config(identity, {k: v for k, v in defaults_of(type(cfg)).items() if k != "metrics_sinks"})
-    run.open_sinks(cfg.metrics_sinks, identity)
+    # where the work runs and where metrics go are not what it computes (both executors write the same samples): a
+    # run started on Ray resumes locally and back, and a rerun may add or drop a sink, so those keys stay out of the
+    # recorded config
+    skip = (*PLACEMENT_KEYS, "metrics_sinks")
+    recorded = {k: v for k, v in to_dict(cfg).items() if k not in skip}
+    run.save_config(recorded, {k: v for k, v in defaults_of(type(cfg)).items() if k not in skip})
+    run.open_sinks(getattr(cfg, "metrics_sinks", ()), recorded)
     seed_everything(cfg.seed)
     task, train, test = draw_problems(cfg)
     return RunSetup(run, task, train, test, {p.id: p for p in train}, model)

@@ -38,9 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reasonloop.core import RunDir, atomic_write_text, bounded
+from reasonloop.core import ConfigError, RunDir, atomic_write_text, bounded
 from reasonloop.core.paths import parse_model_spec
 from reasonloop.engine import HFEngine
+from reasonloop.engine.fanout import EXECUTORS, RayConfig, open_executor
 from reasonloop.eval import greedy_accuracy, save_line_plot
 from reasonloop.models import load_model, save_model
 from reasonloop.recipes.common import BarFactory, finetune_and_save, no_bar, open_sampler, sample_to_file, start_run
@@ -69,6 +70,8 @@ class StarConfig:
     seed: int = bounded(0, ge=0)  # problems, sampling and training derive from this
     sampler: str = ""  # openai:URL#model: sample there (it loads each round's weights first); "": in process
     metrics_sinks: tuple[str, ...] = ()  # also send metrics.jsonl records to: "tensorboard", "wandb" (core.sinks)
+    executor: str = "local"  # where a round's sampling and grading run: "local" or "ray" (the same samples)
+    ray: RayConfig = RayConfig()  # the Ray cluster when executor is "ray"
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.samples < 1 or self.keep_per_problem < 1:
@@ -77,6 +80,10 @@ class StarConfig:
             raise ValueError(
                 f"sampler must be an openai:URL#model spec (or empty: sample in process), got '{self.sampler}'"
             )
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"config key 'executor': expected one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.sampler and self.executor != "local":
+            raise ValueError("sampler (a server that samples) and executor 'ray' exclude each other: choose one")
 
 
 def select_rationales(samples, limit: int) -> dict[str, list[str]]:
@@ -106,19 +113,26 @@ def run_star(cfg: StarConfig, run_dir: str | Path, bar: BarFactory = no_bar, log
     while len(rounds) < cfg.rounds and not _patience_exhausted(state["base_accuracy"], rounds, cfg.patience):
         r = len(rounds) + 1
         current = base if r == 1 else run.checkpoint(f"round{r - 1}")
-        engine = open_sampler(cfg.sampler, current, max_batch=cfg.max_batch)
-        kw = dict(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + r, bar=bar)
-        plain = sample_to_file(
-            run, f"round{r}-plain", engine, task, train_problems, lambda p: p.prompt, cfg.samples, **kw
-        )
-        kept = select_rationales(plain, cfg.keep_per_problem)
-        hinted_kept: dict[str, list[str]] = {}
-        if cfg.rationalize:
-            failed = [p for p in train_problems if p.id not in kept]
-            hinted = sample_to_file(
-                run, f"round{r}-hint", engine, task, failed, lambda p: p.meta["hint_prompt"], cfg.samples, **kw
+        with open_executor(cfg.executor, cfg.ray) as executor:  # its actors end with the round's sampling
+            if cfg.sampler:
+                engine = open_sampler(cfg.sampler, current, max_batch=cfg.max_batch)
+            else:
+                engine = executor.open_generator(str(current), max_batch=cfg.max_batch)
+            kw = dict(
+                temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + r, bar=bar,
+                executor=executor,
+            )  # fmt: skip
+            plain = sample_to_file(
+                run, f"round{r}-plain", engine, task, train_problems, lambda p: p.prompt, cfg.samples, **kw
             )
-            hinted_kept = select_rationales(hinted, cfg.keep_per_problem)
+            kept = select_rationales(plain, cfg.keep_per_problem)
+            hinted_kept: dict[str, list[str]] = {}
+            if cfg.rationalize:
+                failed = [p for p in train_problems if p.id not in kept]
+                hinted = sample_to_file(
+                    run, f"round{r}-hint", engine, task, failed, lambda p: p.meta["hint_prompt"], cfg.samples, **kw
+                )
+                hinted_kept = select_rationales(hinted, cfg.keep_per_problem)
         # rationalised solutions are stored under the plain prompt: the hint is removed
         pairs = [(by_id[pid].prompt, t) for pid, ts in {**kept, **hinted_kept}.items() for t in ts]
         ckpt = run.checkpoint(f"round{r}")
