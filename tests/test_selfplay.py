@@ -121,7 +121,8 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from reasonloop.core import load_config
-    from reasonloop.recipes import common, selfplay
+    from reasonloop.engine import fanout
+    from reasonloop.recipes import selfplay
     from reasonloop.train import loop
     stage, at = sys.argv[3], int(sys.argv[4])
     now = {"stage": None, "round": 0, "n": 0}
@@ -138,11 +139,11 @@ KILLER = textwrap.dedent(
             now["n"] += 1
             if now["n"] == at:
                 os.kill(os.getpid(), signal.SIGKILL)
-    grade = common.grade_sample
+    grade = fanout.grade_sample  # what the local executor grades sampled traces with
     def grade_sample(*a, **k):
         tick()
         return grade(*a, **k)
-    common.grade_sample = grade_sample
+    fanout.grade_sample = grade_sample
     step = loop.Trainer.step
     def trainer_step(self, *a, **k):
         out = step(self, *a, **k)
