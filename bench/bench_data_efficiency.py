@@ -16,8 +16,8 @@ held-out problems (`--n-eval`, drawn from the seed):
 The learning rates are arguments because they decide the outcome on small sets (BENCHMARKS, "Spurious steps").
 Every stage is a resumable recipe run under `--out`: rerun the same command to continue. Writes
 `OUT/results.json`, a table, and `OUT/data_efficiency.png`; the multiplier is, for each size of per-step DPO (and
-RFT), the SFT data that reaches the same accuracy, read off the SFT curve (log-linear between sizes; "> max" when
-SFT never reaches it).
+RFT), the SFT data that reaches the same accuracy, read off the SFT curve (log-linear between sizes; "< smallest"
+when SFT on the fewest problems measured already does better, "> largest" when it never gets there).
 """
 
 from __future__ import annotations
@@ -80,15 +80,16 @@ def run_one(args, seed: int, n: int) -> dict[str, float]:
     return acc
 
 
-def sft_equivalent(sizes: list[int], sft: list[float], target: float) -> float | None:
-    """The SFT data that reaches `target`, log-linear between measured sizes; None beyond the largest."""
+def sft_equivalent(sizes: list[int], sft: list[float], target: float) -> str:
+    """The SFT data that reaches `target`, log-linear between measured sizes: "N (ratio)", "< smallest" when SFT
+    on the fewest problems measured is already above it, "> largest" when SFT never reaches it."""
     if target <= sft[0]:
-        return float(sizes[0]) if target == sft[0] else None
+        return f"< {sizes[0]}" if target < sft[0] else str(sizes[0])
     for (n0, a0), (n1, a1) in zip(zip(sizes, sft), zip(sizes[1:], sft[1:])):
         if a0 < target <= a1:
             f = (target - a0) / (a1 - a0)
-            return math.exp(math.log(n0) + f * (math.log(n1) - math.log(n0)))
-    return None
+            return f"{math.exp(math.log(n0) + f * (math.log(n1) - math.log(n0))):.0f}"
+    return f"> {sizes[-1]}"
 
 
 def main() -> int:
@@ -130,10 +131,7 @@ def main() -> int:
         print(f"| {m} | " + " | ".join(cells) + " |")
     for m in ("rft", "dpo", "step_dpo"):
         eq = [sft_equivalent(args.sizes, curves["sft"], a) for a in curves[m]]
-        print(
-            f"SFT problems matching {m}: "
-            + ", ".join(f"N={n}: {'> max' if e is None else f'{e:.0f} ({e / n:.1f}x)'}" for n, e in zip(args.sizes, eq))
-        )
+        print(f"SFT problems matching {m}: " + ", ".join(f"N={n}: {e}" for n, e in zip(args.sizes, eq)))
     save_line_plot(
         out / "data_efficiency.png", args.sizes, {m: [100 * a for a in curves[m]] for m in METHODS},
         xlabel="training problems", ylabel="held-out greedy accuracy (%)",
