@@ -156,7 +156,9 @@ def test_fork_bomb_hits_the_process_limit_and_dies_with_the_grade(guarded):
         SandboxLimits(wall_s=3.0, cpu_s=3, max_processes=16),
     )
     made, error = res.stdout.split()
-    assert res.ok and error == b"EAGAIN" and 1 <= int(made) < 16  # the children's forks take slots too
+    # the limit stops the bomb: the parent's forks fail within the 16 slots (the children's forks take slots too; a
+    # slot freed while the kernel reaps can let one more through, seen once on a loaded machine)
+    assert res.ok and error == b"EAGAIN" and 1 <= int(made) <= 16
     assert res.wall_s < 2.5  # the grade ended when the main program did, bomb or not
 
 
