@@ -6,6 +6,7 @@ One `reasonloop serve` subprocess (a tiny Llama built here) serves the module; f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -42,15 +43,15 @@ def model_dir(tmp_path_factory, char_tokenizer) -> Path:
     return save_model(tiny_model("llama", char_tokenizer), char_tokenizer, tmp_path_factory.mktemp("serve") / "model")
 
 
-@pytest.fixture(scope="module")
-def url(model_dir):
-    """`reasonloop serve` in a subprocess on a free port; its API base URL."""
+@contextlib.contextmanager
+def serving(model_dir: Path, name: str, *options: str):
+    """`reasonloop serve MODEL_DIR --name NAME OPTIONS` in a subprocess on a free port, one torch thread; yields its
+    API base URL once it answers, and stops it after."""
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "reasonloop.cli", "--threads", "1", "serve", str(model_dir), "--name", SERVED,
-           "--port", str(port), "--max-n", "8", "--max-tokens", "64", "--max-prompts", "4"]  # fmt: skip
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "reasonloop.cli", "--threads", "1", "serve", str(model_dir), "--name", name,
+           "--port", str(port), *options]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 300  # generous: on a starved CI machine, importing torch alone can take a minute
@@ -64,9 +65,18 @@ def url(model_dir):
             proc.kill()
             pytest.fail(f"reasonloop serve did not start: {proc.communicate()[0][-2000:]}")
         time.sleep(0.2)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def url(model_dir):
+    """`reasonloop serve` on the tiny model; its API base URL."""
+    with serving(model_dir, SERVED, "--max-n", "8", "--max-tokens", "64", "--max-prompts", "4") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,6 @@ run, sample for sample, checkpoint for checkpoint.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import httpx
 import pytest
 
@@ -22,7 +16,7 @@ from reasonloop.engine.openai_api import OpenAIEngine
 from reasonloop.recipes import run_star
 
 from .conftest import tiny_model
-from .test_serve import MODELS, FakeServer, free_port
+from .test_serve import MODELS, FakeServer, serving
 from .test_star import tiny_cfg
 
 SERVED = "policy"
@@ -34,27 +28,8 @@ def reloading_server(tmp_path_factory, char_tokenizer):
     from reasonloop.models import save_model
 
     start = save_model(tiny_model("llama", char_tokenizer, seed=9), char_tokenizer, tmp_path_factory.mktemp("r") / "m")
-    port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "reasonloop.cli", "--threads", "1", "serve", str(start), "--name", SERVED,
-           "--port", str(port), "--allow-reload"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 300  # a starved CI machine can take a minute to import torch
-    while True:
-        try:
-            if httpx.get(f"{base}/models", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"reasonloop serve did not start: {proc.communicate()[0][-2000:]}")
-        time.sleep(0.2)
-    yield base, start
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serving(start, SERVED, "--allow-reload") as base:
+        yield base, start
 
 
 def served_root(base: str) -> str:
