@@ -3,6 +3,7 @@ same result, each step logged once; bad input is one line before anything runs."
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -146,6 +147,7 @@ def test_kill_9_mid_step_then_rerun_matches_an_uninterrupted_run(phase, tmp_path
         ("steps=0", "key 'steps' must be"),
         ("lr=-1", "key 'lr' must be"),
         ("critic.gamma=2", "key 'gamma' must be"),
+        ("sampler=vlm", "sampler: expected '' (in process) or 'vllm', got 'vlm'"),
     ],
 )
 def test_bad_config_is_one_line_before_anything_runs(override, message, tmp_path, capsys):
@@ -163,6 +165,15 @@ def test_a_grader_file_that_does_not_load_fails_before_any_model_is_loaded(tmp_p
     assert code == 2 and str(bad) in err and "unknown type 'numerc'" in err and len(err.splitlines()) == 1
     with pytest.raises(ConfigError, match="does not exist"):
         run_rl(RLConfig(grader=str(tmp_path / "missing.yaml"), model="/no/such/model"), tmp_path / "r2")
+
+
+def test_a_vllm_sampler_that_is_not_installed_fails_before_anything_runs(tmp_path, capsys):
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    code = main(["rl", "--run-dir", str(tmp_path / "r"), "--set", "sampler=vllm", "--set", "model=/no/such/model"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "needs vLLM, which is not installed here" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_reward_that_is_not_a_number_stops_with_a_clear_message_and_keeps_what_was_done(

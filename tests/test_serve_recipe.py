@@ -103,3 +103,13 @@ def test_a_server_that_cannot_reload_stops_the_recipe_in_one_line(tmp_path, solv
         assert fake.calls == ["/v1/models", "/update_weights_from_disk"]  # nothing was sampled from the wrong model
     with pytest.raises(ValueError, match="sampler must be an openai:URL#model spec"):
         tiny_cfg(solver_tiny_dir, sampler=str(solver_tiny_dir))
+
+
+def test_a_vllm_sampler_that_is_not_installed_stops_star_before_anything_runs(tmp_path, solver_tiny_dir):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    with pytest.raises(ReasonloopError, match="needs vLLM, which is not installed here"):
+        run_star(tiny_cfg(solver_tiny_dir, sampler="vllm"), tmp_path / "run", log=lambda s: None)
+    assert not (tmp_path / "run").exists()

@@ -37,3 +37,26 @@ def test_lora_trains_only_adapters_and_merges(tmp_path, char_tokenizer):
         a = merged(input_ids=batch.input_ids).logits
         b = again(input_ids=batch.input_ids).logits
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_current_weights_fold_the_adapters_in_under_the_plain_names(char_tokenizer):
+    import copy
+
+    from reasonloop.train.lora import LoraSettings, add_lora, current_weights
+
+    plain = tiny_model("llama", char_tokenizer)
+    names = sorted(plain.state_dict())
+    assert current_weights(plain) is not None and sorted(current_weights(plain)) == names
+    model = add_lora(plain, LoraSettings(r=4))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()  # adapters that change the output (lora_B starts at zero)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weights = current_weights(model)
+    merged = copy.deepcopy(model).merge_and_unload()
+    assert sorted(weights) == names
+    assert all(torch.allclose(weights[k], v, atol=1e-6) for k, v in merged.state_dict().items())
+    assert not torch.equal(weights["model.layers.0.self_attn.q_proj.weight"], before[
+        "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"])  # fmt: skip
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model keeps its adapters

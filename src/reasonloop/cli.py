@@ -248,7 +248,10 @@ def check_prompts(engine, problems) -> None:
     an HTTP server (no local tokenizer) is checked by its server, which refuses such a prompt with a 4xx."""
     if getattr(engine, "tokenizer", None) is None:
         return
-    _check_prompt_lengths(engine.tokenizer, getattr(engine.model.config, "max_position_embeddings", None), problems)
+    context = getattr(engine, "context_length", None)  # vLLM's; the hf engine's model config says it
+    if context is None:
+        context = getattr(engine.model.config, "max_position_embeddings", None)
+    _check_prompt_lengths(engine.tokenizer, context, problems)
 
 
 def check_prompts_of_spec(spec: str, problems) -> None:

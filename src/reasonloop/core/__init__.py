@@ -1,7 +1,7 @@
 """Layer 1: problems, samples, steps, grades, run directories, atomic JSONL, seeding, the Generator and Verifier protocols."""
 
 from reasonloop.core.config import Range, bounded, defaults_of, from_dict, load_config, ranged, to_dict
-from reasonloop.core.generator import Generator, TokenCounts, Verifier
+from reasonloop.core.generator import Generator, TokenCounts, Verifier, prompt_keys
 from reasonloop.core.grading import Grade, Grader, grade_sample, mean_score
 from reasonloop.core.jsonl import (
     JsonlWriter,
@@ -56,5 +56,6 @@ __all__ = [
     "split_steps",
     "defaults_of",
     "derive_seed",
+    "prompt_keys",
     "to_dict",
 ]

@@ -5,7 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from reasonloop.core.seeding import derive_seed
 from reasonloop.core.types import Problem, Sample
+
+
+def prompt_keys(prompts: list[str], n: int, max_new_tokens: int, seed: int, seeds: list[int] | None) -> list[int]:
+    """Check the arguments of a `generate` call (a one-line `ValueError`) and return each prompt's key: `seeds[i]`,
+    or `derive_seed(seed, i)`. Every backend keys prompt i's random streams by it.
+
+    >>> prompt_keys(["a", "b"], 1, 8, 0, [5, 6])
+    [5, 6]
+    """
+    if n < 1 or max_new_tokens < 1:
+        raise ValueError("need n >= 1 and max_new_tokens >= 1")
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
+    return list(seeds) if seeds is not None else [derive_seed(seed, i) for i in range(len(prompts))]
 
 
 @dataclass

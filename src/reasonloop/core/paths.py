@@ -2,7 +2,8 @@
 
 A model is named by a spec wherever a model is named: `hf:DIR` (or a bare
 directory, or a built-in name such as `nano`) for local weights run by the `hf`
-engine, and `openai:URL#model` for a model behind an OpenAI-compatible
+engine, `vllm:DIR` for the same weights run by in-process vLLM (optional
+extra), and `openai:URL#model` for a model behind an OpenAI-compatible
 completions endpoint (`URL` is the API base, the one the `openai` client takes,
 e.g. `http://127.0.0.1:8000/v1`).
 """
@@ -26,7 +27,7 @@ BUILT_IN_MODELS = ("nano", "nano-countdown")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed model spec: `backend` is "hf" or "openai"; `target` the directory (or built-in name) or the API base
+    """A parsed model spec: `backend` is "hf", "vllm" or "openai"; `target` the directory (or built-in name) or the API base
     URL; `model` the served model's name (openai only)."""
 
     backend: str
@@ -39,6 +40,8 @@ def parse_model_spec(spec: str | os.PathLike) -> ModelSpec:
 
     >>> parse_model_spec("nano"), parse_model_spec("hf:/tmp/m").target
     (ModelSpec(backend='hf', target='nano', model=''), '/tmp/m')
+    >>> parse_model_spec("vllm:/tmp/m")
+    ModelSpec(backend='vllm', target='/tmp/m', model='')
     >>> parse_model_spec("openai:http://127.0.0.1:8000/v1#nano")
     ModelSpec(backend='openai', target='http://127.0.0.1:8000/v1', model='nano')
     >>> parse_model_spec("openai:http://h/v1")
@@ -47,15 +50,11 @@ def parse_model_spec(spec: str | os.PathLike) -> ModelSpec:
     reasonloop.core.types.ReasonloopError: model spec 'openai:http://h/v1': expected openai:URL#model (the served model's name after '#')
     """
     text = str(spec)
-    if text.startswith("vllm:"):
-        raise ReasonloopError(
-            f"model spec '{text}': the in-process vllm backend is not built yet; serve the model with vLLM and name "
-            "it openai:URL#model, or use hf:DIR"
-        )
-    if text.startswith("hf:"):
-        if not text[3:]:
-            raise ReasonloopError(f"model spec '{text}': expected hf:DIR")
-        return ModelSpec("hf", text[3:])
+    for backend in ("hf", "vllm"):
+        if text.startswith(f"{backend}:"):
+            if not text[len(backend) + 1 :]:
+                raise ReasonloopError(f"model spec '{text}': expected {backend}:DIR")
+            return ModelSpec(backend, text[len(backend) + 1 :])
     if text.startswith("openai:"):
         url, sep, model = text[len("openai:") :].rpartition("#")
         if not sep or not url or not model:
@@ -68,14 +67,14 @@ def parse_model_spec(spec: str | os.PathLike) -> ModelSpec:
 
 def resolve_model(name: str | os.PathLike) -> Path:
     """`nano` (the `arith` base) and `nano-countdown` (the demo's countdown base) name built-in models in
-    `reasonloop_home()`; `hf:DIR` and anything else is a directory. An `openai:` spec has no local weights, so
+    `reasonloop_home()`; `hf:DIR`, `vllm:DIR` and anything else is a directory. An `openai:` spec has no local weights, so
     asking for its directory (to train it, or to load it in process) is a one-line error.
 
     >>> resolve_model("/tmp/m").as_posix(), resolve_model("nano-countdown").name, resolve_model("hf:nano").name
     ('/tmp/m', 'nano-countdown', 'nano')
     """
     spec = parse_model_spec(name)
-    if spec.backend != "hf":
+    if spec.backend == "openai":
         raise ReasonloopError(
             f"model '{name}' is served over HTTP; this needs local weights (a directory, hf:DIR or a built-in name)"
         )

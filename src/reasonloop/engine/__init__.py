@@ -1,4 +1,5 @@
-"""Layer 3: generation backends behind the `Generator` protocol: `hf` (local weights), `openai` (HTTP); `vllm` later."""
+"""Layer 3: generation backends behind the `Generator` protocol: `hf` (local weights), `vllm` (in process, optional),
+`openai` (HTTP)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ __all__ = ["HFEngine", "open_generator"]
 
 def open_generator(spec: str, *, max_batch: int = 256):
     """The generator a model spec names: `hf:DIR`, a directory or a built-in name -> `HFEngine`;
-    `openai:URL#model` -> `OpenAIEngine` (httpx, imported only then)."""
+    `vllm:DIR` -> `VLLMEngine` (vLLM, imported only then); `openai:URL#model` -> `OpenAIEngine` (httpx, imported
+    only then)."""
     parsed = parse_model_spec(spec)
+    if parsed.backend == "vllm":
+        from reasonloop.engine.vllm_engine import VLLMEngine
+
+        return VLLMEngine(resolve_model(spec), max_batch=max_batch)
     if parsed.backend == "openai":
         from reasonloop.engine.openai_api import OpenAIEngine
 

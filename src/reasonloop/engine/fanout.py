@@ -47,7 +47,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from reasonloop.core import ConfigError, Grader, Problem, ReasonloopError, Sample, TokenCounts, bounded, derive_seed
+from reasonloop.core import (
+    ConfigError,
+    Grader,
+    Problem,
+    ReasonloopError,
+    Sample,
+    TokenCounts,
+    bounded,
+    prompt_keys,
+)
 from reasonloop.core.grading import grade_sample
 from reasonloop.engine import open_generator
 
@@ -186,9 +195,7 @@ class RayGenerator:
     ) -> list[list[Sample]]:
         """`n` samples per prompt, as the `hf` engine draws them: prompt i keeps the key `seeds[i]` (default
         `derive_seed(seed, i)`) whichever chunk and actor it lands on. `progress(k)` as each chunk of k rows returns."""
-        if seeds is not None and len(seeds) != len(prompts):
-            raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
-        keys = list(seeds) if seeds is not None else [derive_seed(seed, i) for i in range(len(prompts))]
+        keys = prompt_keys(prompts, n, max_new_tokens, seed, seeds)
         # at least two chunks per actor (for balance), none above max_batch rows (the engine's own bound)
         per = max(1, min(self.max_batch // n, -(-len(prompts) // (IN_FLIGHT_PER_ACTOR * len(self.actors)))))
         kw = dict(n=n, temperature=temperature, max_new_tokens=max_new_tokens, stop=stop, top_p=top_p)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-from reasonloop.core import Sample, TokenCounts, derive_seed
+from reasonloop.core import Sample, TokenCounts, derive_seed, prompt_keys
 from reasonloop.engine import fast
 from reasonloop.engine.batching import RowDecoder
 
@@ -71,6 +71,33 @@ def _sample_tokens(
     return tok, logp.gather(1, tok[:, None]).squeeze(1)
 
 
+def make_sample(
+    tokenizer,
+    name: str,
+    prompt: list[int],
+    toks: list[int],
+    lps: list[float],
+    reason: str,
+    stop: tuple[str, ...],
+    temperature: float,
+    seed: int,
+) -> Sample:
+    """A `Sample` from sampled token ids, as every in-process backend writes it: the text decoded with `tokenizer`
+    and cut before the first stop string (`finish_reason` "stop", `meta["stop"]` the string), the ids and logprobs
+    kept whole (the token that completed a stop string or an EOS included)."""
+    text = tokenizer.decode(toks, skip_special_tokens=True)
+    matched = None
+    if reason != "eos" and stop:
+        hits = [(text.find(s), s) for s in stop if s in text]
+        if hits:
+            cut, matched = min(hits)
+            text, reason = text[:cut], "stop"
+    meta = {"model": name, "temperature": temperature, "seed": seed, "finish_reason": reason}
+    if matched is not None:
+        meta["stop"] = matched
+    return Sample(problem_id="", text=text, token_ids=toks, logprobs=lps, prompt_ids=prompt, meta=meta)
+
+
 class HFEngine:
     """Generator over a local transformers causal LM. See the module docstring."""
 
@@ -108,14 +135,15 @@ class HFEngine:
         return ids
 
     def _stop_table(self, stop: tuple[str, ...]) -> torch.Tensor:
-        """(V,) bool: token ids whose text contains a stop string (or is an EOS)."""
+        """(V,) bool: token ids whose text contains a stop string (or is an EOS); special tokens have no text."""
         if stop not in self._stop_tables:
             V = self.model.get_output_embeddings().weight.shape[0]
             table = torch.zeros(V, dtype=torch.bool)
             if stop:
                 texts = self.tokenizer.convert_ids_to_tokens(list(range(min(V, len(self.tokenizer)))))
+                special = set(self.tokenizer.all_special_ids)  # decoded as nothing: "<pad>" holds no "a"
                 for i, t in enumerate(texts):
-                    if t is not None:
+                    if t is not None and i not in special:
                         s = self.tokenizer.convert_tokens_to_string([t])
                         table[i] = any(x in s for x in stop)
             table[self.eos_ids] = True
@@ -141,13 +169,9 @@ class HFEngine:
         `seeds` (one per prompt) keys each prompt's random streams; without it prompt i uses
         `derive_seed(seed, i)`. Each sample records its prompt's seed in `meta["seed"]`.
         """
-        if n < 1 or max_new_tokens < 1:
-            raise ValueError("need n >= 1 and max_new_tokens >= 1")
-        if seeds is not None and len(seeds) != len(prompts):
-            raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
+        prompt_seeds = prompt_keys(prompts, n, max_new_tokens, seed, seeds)
         stop_t = tuple(s for s in (stop or []) if s)
         prompt_ids = [self.encode(p) for p in prompts]
-        prompt_seeds = list(seeds) if seeds is not None else [derive_seed(seed, i) for i in range(len(prompts))]
         rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
         out: list[list[Sample | None]] = [[None] * n for _ in prompts]
 
@@ -175,9 +199,8 @@ class HFEngine:
             self.last_cache_bytes = decoder.peak_cache_bytes
             for (i, j), res in zip(rows, results):
                 reason = "eos" if res.reason == "stop" and res.tokens[-1] in self.eos_ids else res.reason
-                out[i][j] = self._make_sample(
-                    prompt_ids[i], res.tokens, res.logprobs, reason, stop_t, temperature, prompt_seeds[i]
-                )
+                args = (prompt_ids[i], res.tokens, res.logprobs, reason, stop_t, temperature, prompt_seeds[i])
+                out[i][j] = make_sample(self.tokenizer, self.name, *args)
             return out  # type: ignore[return-value]
         for c in range(0, len(rows), self.max_batch):  # other architectures: transformers.generate per chunk
             chunk = rows[c : c + self.max_batch]
@@ -190,7 +213,9 @@ class HFEngine:
                 noise(list(range(c, c + len(chunk))), max_new_tokens),
             )
             for (i, j), t, lp, why in zip(chunk, toks, lps, reasons):
-                out[i][j] = self._make_sample(prompt_ids[i], t, lp, why, stop_t, temperature, prompt_seeds[i])
+                out[i][j] = make_sample(
+                    self.tokenizer, self.name, prompt_ids[i], t, lp, why, stop_t, temperature, prompt_seeds[i]
+                )
             if progress:
                 progress(len(chunk))
         return out  # type: ignore[return-value]
@@ -212,28 +237,6 @@ class HFEngine:
             return hit
 
         return stops
-
-    def _make_sample(
-        self,
-        prompt: list[int],
-        toks: list[int],
-        lps: list[float],
-        reason: str,
-        stop: tuple[str, ...],
-        temperature: float,
-        seed: int,
-    ) -> Sample:
-        text = self.tokenizer.decode(toks, skip_special_tokens=True)
-        matched = None
-        if reason != "eos" and stop:
-            hits = [(text.find(s), s) for s in stop if s in text]
-            if hits:
-                cut, matched = min(hits)
-                text, reason = text[:cut], "stop"
-        meta = {"model": self.name, "temperature": temperature, "seed": seed, "finish_reason": reason}
-        if matched is not None:
-            meta["stop"] = matched
-        return Sample(problem_id="", text=text, token_ids=toks, logprobs=lps, prompt_ids=prompt, meta=meta)
 
     def _run_chunk_hf(self, prompts: list[list[int]], temperature, top_p, max_new, stop, uniforms):
         """Fallback for architectures the fast path does not cover: `transformers.generate`, greedy over logits that

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from reasonloop.core import ReasonloopError, Sample, TokenCounts, derive_seed
+from reasonloop.core import ReasonloopError, Sample, TokenCounts, prompt_keys
 from reasonloop.core.paths import parse_model_spec
 
 
@@ -203,11 +203,7 @@ class OpenAIEngine:
         seeds: list[int] | None = None,
     ) -> list[list[Sample]]:
         """`n` samples per prompt, one request per prompt; seeds as the `hf` engine keys them."""
-        if n < 1 or max_new_tokens < 1:
-            raise ValueError("need n >= 1 and max_new_tokens >= 1")
-        if seeds is not None and len(seeds) != len(prompts):
-            raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
-        prompt_seeds = list(seeds) if seeds is not None else [derive_seed(seed, i) for i in range(len(prompts))]
+        prompt_seeds = prompt_keys(prompts, n, max_new_tokens, seed, seeds)
         stops = [s for s in (stop or []) if s]
 
         def one(i: int) -> list[Sample]:

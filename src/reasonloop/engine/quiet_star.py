@@ -25,7 +25,7 @@ import os
 
 import torch
 
-from reasonloop.core import Sample, TokenCounts, derive_seed
+from reasonloop.core import Sample, TokenCounts, derive_seed, prompt_keys
 from reasonloop.engine.hf import _sample_tokens, row_uniforms
 from reasonloop.models.quiet_star import QuietStarModel, float_mask
 
@@ -105,12 +105,8 @@ class QuietStarEngine:
         seeds: list[int] | None = None,
     ) -> list[list[Sample]]:
         """`n` samples per prompt with hidden thoughts; see the module docstring."""
-        if n < 1 or max_new_tokens < 1:
-            raise ValueError("need n >= 1 and max_new_tokens >= 1")
-        if seeds is not None and len(seeds) != len(prompts):
-            raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
+        prompt_seeds = prompt_keys(prompts, n, max_new_tokens, seed, seeds)
         stop_t = [s for s in (stop or []) if s]
-        prompt_seeds = list(seeds) if seeds is not None else [derive_seed(seed, i) for i in range(len(prompts))]
         prompt_ids = [self.tokenizer(p)["input_ids"] for p in prompts]
         rows = [(i, j) for i in range(len(prompts)) for j in range(n)]
         out: list[list[Sample | None]] = [[None] * n for _ in prompts]

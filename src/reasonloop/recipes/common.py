@@ -250,14 +250,27 @@ def finetune_and_save(
     save_model(model, tokenizer, ckpt)
 
 
+_VLLM_ENGINES: dict[str, Any] = {}  # in-process vLLM holds the GPU: one per architecture, later rounds reload weights
+
+
 def open_sampler(spec: str, weights: Path, *, max_batch: int):
-    """The generator a round samples from: the `hf` engine on `weights` in process when `spec` is empty, else the
-    server `spec` names (`openai:URL#model`), first told to load `weights` (`load_weights_from_disk`), so that it
-    samples from the model being trained. The server must read `weights` on its own file system (the same
-    machine, or a shared one) and offer reloads (`reasonloop serve --allow-reload`, SGLang); one line otherwise."""
+    """The generator a round samples from, on `weights`: the `hf` engine in process when `spec` is empty; in-process
+    vLLM for "vllm" (made once per architecture, then given each round's weights from disk); else the server `spec`
+    names (`openai:URL#model`), first told to load `weights` (`load_weights_from_disk`), so that it samples from the
+    model being trained. The server must read `weights` on its own file system (the same machine, or a shared one)
+    and offer reloads (`reasonloop serve --allow-reload`, SGLang); one line otherwise."""
     if not spec:
         return HFEngine.from_pretrained(weights, max_batch=max_batch)
-    engine = open_generator(spec, max_batch=max_batch)
+    if spec == "vllm":
+        key = (Path(weights) / "config.json").read_text()
+        if key not in _VLLM_ENGINES:
+            from reasonloop.engine.vllm_engine import VLLMEngine
+
+            _VLLM_ENGINES[key] = VLLMEngine(weights, max_batch=max_batch)
+            return _VLLM_ENGINES[key]
+        engine = _VLLM_ENGINES[key]
+    else:
+        engine = open_generator(spec, max_batch=max_batch)
     engine.load_weights_from_disk(Path(weights).resolve())
     return engine
 

@@ -66,7 +66,7 @@ from reasonloop.tasks import WORLDS, parse_task_spec
 from reasonloop.train import TrainConfig, Trainer, TrainingError, shuffled_batch
 from reasonloop.train import advantages as adv
 from reasonloop.train.actor_critic import ActorCritic
-from reasonloop.train.lora import LoraSettings, add_lora
+from reasonloop.train.lora import LoraSettings, add_lora, current_weights
 from reasonloop.train.rl_losses import (
     AGGREGATES,
     clipped_policy_loss,
@@ -156,6 +156,7 @@ class RLConfig:
     eval_every: int = bounded(10, ge=0)  # steps between held-out evaluations (and at the start and the end)
     save_every: int = bounded(1, ge=1)  # steps between checkpoints (a kill redoes at most this many steps)
     max_batch: int = bounded(256, ge=1)  # engine rows in flight
+    sampler: str = ""  # "": the hf engine on the live policy; "vllm": in-process vLLM, given the weights each step
     seed: int = bounded(0, ge=0)  # problems, sampling and training derive from this
     lora: LoraSettings | None = None  # train LoRA adapters only (e.g. lora: {r: 16}); None: every weight
     critic: CriticConfig = field(default_factory=CriticConfig)  # PPO only
@@ -172,6 +173,8 @@ class RLConfig:
             )
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"aggregate: unknown {self.aggregate!r}; expected one of {', '.join(AGGREGATES)}")
+        if self.sampler not in ("", "vllm"):
+            raise ValueError(f"sampler: expected '' (in process) or 'vllm', got {self.sampler!r}")
         if self.kl_in not in ("loss", "reward"):
             raise ValueError(f"kl_in: expected 'loss' or 'reward', got {self.kl_in!r}")
         world = parse_task_spec(self.task)[0] in WORLDS
@@ -241,13 +244,27 @@ class RLRun:
             max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, max_bad_steps=3,
         )  # fmt: skip
         self.trainer = Trainer(module, self.tokenizer, train_cfg, out_dir=ckpt_dir, lr_scales=scales)
-        self.engine = HFEngine(policy, self.tokenizer, max_batch=cfg.max_batch, name=str(start))
+        if cfg.sampler == "vllm":  # colocated: its own copy of the weights, refreshed by `sampler()`
+            from reasonloop.engine.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(start, max_batch=cfg.max_batch)
+        else:
+            self.engine = HFEngine(policy, self.tokenizer, max_batch=cfg.max_batch, name=str(start))
+        self.synced_at = -1 if cfg.sampler else None  # the optimiser step whose weights the sampler holds
         self.aggregate = AGGREGATES[cfg.aggregate](cfg.max_new_tokens)
         self.process = None  # dense step rewards: the latest refit of the verifier when resuming
         if cfg.reward.process != "none":
             directory = self.trainer.extra.get("verifier_dir", cfg.reward.verifier)
             self.process = ProcessReward(cfg.reward.process, directory, delimiter)
         self.last_rollout: tuple[list[Problem], list[Sample]] = ([], [])  # the last step's (problem, sample) pairs
+
+    def sampler(self):
+        """The engine rollouts and evaluations come from, on the policy's current weights: the hf engine reads the
+        live weights; vLLM is given them (`current_weights`, LoRA folded in) whenever the policy moved."""
+        if self.synced_at is not None and self.synced_at != self.trainer.step_count:
+            self.engine.update_weights(current_weights(self.policy))
+            self.synced_at = self.trainer.step_count
+        return self.engine
 
     @property
     def done_steps(self) -> int:
@@ -394,7 +411,7 @@ class RLRun:
         cfg = self.cfg
         t0 = time.perf_counter()
         before = self.engine.counts.generated
-        groups = self.engine.generate(
+        groups = self.sampler().generate(
             [p.prompt for p in problems], cfg.group_size, temperature=cfg.temperature,
             max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + step,
         )  # fmt: skip
@@ -404,7 +421,7 @@ class RLRun:
         samples = [s for g in groups for s in g]
         batch = rollout_batch(samples, self.tokenizer.pad_token_id or 0)
         t1 = time.perf_counter()
-        if cfg.temperature != 1.0:  # the sampler's logprobs are untempered: recompute the tempered ones
+        if cfg.temperature != 1.0 or cfg.sampler:  # untempered, or another implementation's: the policy's own
             with torch.no_grad():
                 batch.old_logprobs = completion_logprobs(self.policy, batch, cfg.temperature)
         if cfg.kl_coef > 0:
@@ -447,6 +464,10 @@ class RLRun:
 def run_rl(cfg: RLConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=print) -> dict[str, Any]:
     """Run (or resume) online RL; returns the final held-out accuracy and the per-step records."""
     grader = load_reward(cfg, None)  # a grader file that does not load fails here, before anything
+    if cfg.sampler == "vllm":  # and so does a sampler that is not installed
+        from reasonloop.engine.vllm_engine import import_vllm
+
+        import_vllm()
     setup = start_run(cfg, run_dir)
     grader = grader or setup.task.grade
     run, task = setup.run, setup.task
@@ -456,7 +477,7 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=pri
     totals = {k: rl.trainer.extra.get(k, 0) for k in ("tokens_sampled", "tokens_verifier", "tokens_refresh", "seconds")}
 
     def evaluate() -> float:
-        return greedy_accuracy(rl.engine, grader, setup.test, cfg.max_new_tokens)
+        return greedy_accuracy(rl.sampler(), grader, setup.test, cfg.max_new_tokens)
 
     if not records:
         acc0 = evaluate()
@@ -474,7 +495,7 @@ def run_rl(cfg: RLConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=pri
                 before = rl.engine.counts.generated
                 r = cfg.reward
                 rl.process.refresh(
-                    rl.engine, grader, *rl.last_rollout, run.checkpoint(f"verifier-step{step + 1}"),
+                    rl.sampler(), grader, *rl.last_rollout, run.checkpoint(f"verifier-step{step + 1}"),
                     n_samples=r.refresh_samples, rollouts=r.refresh_rollouts, prover_k=r.prover_k,
                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed * 1_000_003 + step + 500_000,
                 )  # fmt: skip

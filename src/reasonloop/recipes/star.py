@@ -18,7 +18,9 @@ Departures from the paper: several samples per problem at temperature
 per round on a small model), and at most `keep_per_problem` distinct rationales
 kept per problem so easy problems do not dominate the data.
 
-Sampling through a server (`sampler: openai:URL#model`): each round's
+Sampling through vLLM in process (`sampler: vllm`, a GPU machine): made once,
+given each round's starting weights from disk. Through a server (`sampler:
+openai:URL#model`): each round's
 rationales are sampled by that server, which is first told to load the
 round's starting weights (`POST /update_weights_from_disk`: `reasonloop serve
 --allow-reload`, or SGLang), so it samples from the model being trained;
@@ -68,7 +70,7 @@ class StarConfig:
     lr: float = bounded(1e-3, gt=0)  # peak learning rate
     max_batch: int = bounded(256, ge=1)  # engine rows in flight
     seed: int = bounded(0, ge=0)  # problems, sampling and training derive from this
-    sampler: str = ""  # openai:URL#model: sample there (it loads each round's weights first); "": in process
+    sampler: str = ""  # openai:URL#model: sample there (it loads each round's weights first); "vllm"; "": in process
     metrics_sinks: tuple[str, ...] = ()  # also send metrics.jsonl records to: "tensorboard", "wandb" (core.sinks)
     executor: str = "local"  # where a round's sampling and grading run: "local" or "ray" (the same samples)
     ray: RayConfig = RayConfig()  # the Ray cluster when executor is "ray"
@@ -76,9 +78,9 @@ class StarConfig:
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.samples < 1 or self.keep_per_problem < 1:
             raise ValueError("rounds, samples and keep_per_problem must be at least 1")
-        if self.sampler and parse_model_spec(self.sampler).backend != "openai":
+        if self.sampler not in ("", "vllm") and parse_model_spec(self.sampler).backend != "openai":
             raise ValueError(
-                f"sampler must be an openai:URL#model spec (or empty: sample in process), got '{self.sampler}'"
+                f"sampler must be an openai:URL#model spec, 'vllm', or empty (sample in process), got '{self.sampler}'"
             )
         if self.executor not in EXECUTORS:
             raise ConfigError(f"config key 'executor': expected one of {', '.join(EXECUTORS)}, got {self.executor!r}")
@@ -97,6 +99,10 @@ def select_rationales(samples, limit: int) -> dict[str, list[str]]:
 
 
 def run_star(cfg: StarConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=print) -> dict[str, Any]:
+    if cfg.sampler == "vllm":  # not installed: one line before anything runs
+        from reasonloop.engine.vllm_engine import import_vllm
+
+        import_vllm()
     run, task, train_problems, test_problems, by_id, base = start_run(cfg, run_dir)
 
     state = run.state

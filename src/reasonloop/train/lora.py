@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from reasonloop.core import ReasonloopError
 
 
@@ -52,6 +54,25 @@ def add_lora(model, settings: LoraSettings = LoraSettings()):
 def merge_lora(model):
     """Fold the adapters into the base weights and return the plain transformers model."""
     return model.merge_and_unload()
+
+
+def current_weights(model) -> dict:
+    """The weights `model` computes with now, under the plain transformers model's names: its state dict, or, for a
+    LoRA model, each adapted base weight plus its adapters' delta (new tensors; the model is not touched: merging
+    and unmerging in place would move the frozen base by rounding every time). What a sampler that holds its own
+    copy of the weights (vLLM) is given after each update."""
+    if not hasattr(model, "merge_adapter"):
+        return model.state_dict()
+    deltas = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+                deltas[f"{name}.base_layer.weight"] = sum(module.get_delta_weight(a) for a in module.active_adapters)
+        return {
+            k.removeprefix("base_model.model.").replace(".base_layer.", "."): (v + deltas[k] if k in deltas else v)
+            for k, v in model.state_dict().items()
+            if "lora_" not in k
+        }
 
 
 def load_adapter_weights(model, weights: dict) -> tuple[list[str], list[str]]:
