@@ -167,10 +167,10 @@ class VLLMEngine:
             raise ReasonloopError(f"{self.name}: vLLM returned {len(lps)} logprobs for {len(toks)} tokens")
         if o.finish_reason == "length":
             reason = "length"
-        elif o.stop_reason is None:
-            reason = "eos"
-        else:  # a stop string, or a stop token id
-            reason = "stop"
+        elif o.finish_reason != "stop":  # "abort", or a request vLLM did not finish
+            raise ReasonloopError(f"{self.name}: vLLM ended a sample with finish_reason {o.finish_reason!r}")
+        else:  # None: an end of sequence; a string or an id: a stop string or stop token
+            reason = "eos" if o.stop_reason is None else "stop"
         self.counts.generated += len(toks)
         return make_sample(self.tokenizer, self.name, prompt, toks, lps, reason, stop, temperature, seed)
 
