@@ -67,7 +67,9 @@ def run_selfplay_arm(arm: str, seed: int, args: argparse.Namespace) -> dict:
     points, tokens = [], 0
     for rec in res["records"]:
         r = rec["round"]
-        tokens += rec.get("tokens_search_generator", 0) + rec.get("tokens_search_verifier", 0) + rec.get("tokens_mc", 0)
+        tokens += sum(
+            rec.get(k, 0) for k in ("tokens_search_generator", "tokens_search_verifier", "tokens_mc", "tokens_fresh")
+        )
         model = Path(args.base) if r == 0 else run_dir / "checkpoints" / f"round{r}"
         m = measure(model, cfg, run_dir / f"measure_round{r}.json")
         points.append([r, tokens, m["greedy_accuracy"], m["pass@16"]])

@@ -104,6 +104,29 @@ def test_step_dpo_update_from_the_search_samples(tmp_path, solver_tiny_dir):
         SelfPlayConfig(update="step_dpo", search="beam")
 
 
+def test_fresh_traces_of_the_new_generator_lead_the_verifiers_data(tmp_path, solver_tiny_dir):
+    """verifier_fresh=k: G(r)'s own samples of the training problems are offered to V(r)'s data before the
+    search traces; their tokens are counted; with frozen memory only round 1 samples them."""
+    cfg = SelfPlayConfig(model=str(solver_tiny_dir), **TINY, verifier="bt", verifier_fresh=2,
+                         verifier_memory="frozen")  # fmt: skip
+    records = run_selfplay(cfg, tmp_path / "run", log=lambda *_: None)["records"]
+    run = tmp_path / "run"
+    fresh = [Sample.from_dict(d) for d in read_jsonl(run / "samples" / "round1-fresh.jsonl")]
+    assert len(fresh) == 10 * 2 and all(s.reward is not None for s in fresh)
+    assert records[1]["tokens_fresh"] == sum(len(s.token_ids) for s in fresh) > 0
+    search = {(s["problem_id"], s["text"]) for s in read_jsonl(run / "samples" / "round1-search.jsonl")}
+    by_problem = {}
+    for s in fresh:
+        by_problem.setdefault(s.problem_id, []).append(s)
+    chosen = {(d["problem_id"], d["text"]) for d in _data(run, 1)}
+    for pid, text in chosen - {(s.problem_id, s.text) for s in fresh}:  # a search trace on one side comes only
+        assert (pid, text) in search  # after every one of G(1)'s distinct traces on that side
+        side = next(d["reward"] == 1.0 for d in _data(run, 1) if (d["problem_id"], d["text"]) == (pid, text))
+        assert all((pid, s.text) in chosen for s in by_problem[pid] if (s.reward == 1.0) == side)
+    assert any((s.problem_id, s.text) in chosen for s in fresh)
+    assert not (run / "samples" / "round2-fresh.jsonl").exists() and records[2]["tokens_fresh"] == 0
+
+
 def test_kept_traces_and_verifier_data_by_hand():
     ss = [
         Sample("a", "w", reward=0.0),
@@ -204,6 +227,8 @@ def _close(a, b, where="records") -> None:
         ("search=bfs", "search: expected one of best_of_n, weighted_vote, beam, mcts"),
         ("verifier_memory=latest", "verifier_memory"),
         ("verifier_init=last", "verifier_init: expected one of generator, base, previous"),
+        ("keep_order=best", "keep_order: expected one of verifier, sampled"),
+        ("verifier_fresh=-1", "key 'verifier_fresh' must be"),
         ("eval_budgets=4", "eval_budgets"),
         ("eval_budgets=4,32", "best_of >= 32"),
     ],

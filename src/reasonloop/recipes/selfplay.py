@@ -12,13 +12,15 @@ Each round r, with generator G(r-1) and verifier V(r-1) (round 1: the base, no v
    Everything search finds is graded by the world's grader (the training problems' answers are known).
 2. **Generator memory** (`update`): `sft` is expert iteration: fine-tune on the verified traces, up to
    `keep_per_problem` distinct correct ones per problem, the verifier's favourites first (the grader says which
-   are right, the verifier ranks them: a trace it scores low is more likely right by accident); `rl` runs
+   are right, the verifier ranks them: a trace it scores low is more likely right by accident) or in sampling order
+   (`keep_order: sampled`); `rl` runs
    `reasonloop rl` (GRPO) from G(r-1) for `rl_steps` steps, with V(r-1)'s value after each step as dense
    reward (`reward.process: prm`) when there is one.
 3. **Verifier memory** (`verifier_memory`): `union` retrains the verifier every round on the graded traces of
    every round so far (V-STaR's recipe), so it sees the new generator's mistakes; `frozen` trains it once, in
    round 1, and keeps it. Each round adds up to `verifier_per_problem` graded traces per problem, right and wrong
-   alternately. The verifier starts from G(r)'s weights (`verifier_init: generator`) or the base's. Kinds: `orm`
+   alternately; with `verifier_fresh: k`, k samples per problem from G(r) itself are offered first, so V(r) learns
+   the mistakes of the generator it will judge. The verifier starts from G(r)'s weights (`verifier_init: generator`) or the base's. Kinds: `orm`
    (every step labelled with the outcome), `prm` (Monte-Carlo step values from G(r), `mc_k` rollouts per prefix),
    `bt` (Bradley-Terry on right/wrong pairs of one problem).
 4. **Measure** on held-out problems with G(r) and V(r): greedy accuracy, pass@1 and pass@N of N = `best_of`
@@ -88,7 +90,8 @@ class SelfPlayConfig:
     search: str = "best_of_n"  # best_of_n, weighted_vote, beam or mcts on the training problems
     budget: int = bounded(16, ge=1)  # search budget per training problem (samples for best_of_n)
     update: str = "sft"  # the generator's update: sft (expert iteration), rl (GRPO, verifier step rewards) or step_dpo
-    keep_per_problem: int = bounded(4, ge=1)  # sft: distinct correct traces kept per problem, best-scored first
+    keep_per_problem: int = bounded(4, ge=1)  # sft: distinct correct traces kept per problem
+    keep_order: str = "verifier"  # sft: which correct traces first: the "verifier"'s favourites, or as "sampled"
     continue_training: bool = True  # sft: fine-tune the last round's generator (false: the base, on this round's)
     epochs: float = bounded(3.0, gt=0)  # sft: passes over the round's traces
     lr: float = bounded(1e-3, gt=0)  # sft: peak learning rate
@@ -99,6 +102,7 @@ class SelfPlayConfig:
     verifier_memory: str = "union"  # union: retrain on every round's traces; frozen: train in round 1 only
     verifier_init: str = "generator"  # start V(r) from this round's "generator", the "base", or V(r-1) ("previous")
     verifier_per_problem: int = bounded(4, ge=2)  # graded traces per problem per round added to the verifier's data
+    verifier_fresh: int = bounded(0, ge=0)  # samples per training problem from G(r) offered to V(r)'s data first
     verifier_epochs: float = bounded(3.0, gt=0)  # passes over the verifier's data
     verifier_lr: float = bounded(1e-3, gt=0)  # verifier learning rate
     mc_k: int = bounded(4, ge=1)  # prm: rollouts per step prefix for the step labels
@@ -117,6 +121,7 @@ class SelfPlayConfig:
             ("verifier", self.verifier, VERIFIER_KINDS),
             ("verifier_memory", self.verifier_memory, MEMORIES),
             ("verifier_init", self.verifier_init, ("generator", "base", "previous")),
+            ("keep_order", self.keep_order, ("verifier", "sampled")),
         ):
             if value not in allowed:
                 raise ValueError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
@@ -137,14 +142,14 @@ class SelfPlayConfig:
             return []
 
 
-def kept_traces(samples: list[Sample], keep: int) -> list[tuple[str, str]]:
+def kept_traces(samples: list[Sample], keep: int, by_verifier: bool = True) -> list[tuple[str, str]]:
     """(problem id, trace): up to `keep` distinct correct traces per problem, the highest `meta["verifier_score"]`
-    first (sampling order among equal scores, and without a verifier).
+    first (sampling order among equal scores, without a verifier, and with `by_verifier=False`).
 
     >>> ss = [Sample("a", "x", reward=1.0, meta={"verifier_score": 0.2}), Sample("a", "y", reward=0.0),
     ...       Sample("a", "z", reward=1.0, meta={"verifier_score": 0.9}), Sample("b", "w", reward=1.0)]
-    >>> kept_traces(ss, 1)
-    [('a', 'z'), ('b', 'w')]
+    >>> kept_traces(ss, 1), kept_traces(ss, 1, by_verifier=False)
+    ([('a', 'z'), ('b', 'w')], [('a', 'x'), ('b', 'w')])
     """
     by_problem: dict[str, list[tuple[int, Sample]]] = {}
     for i, s in enumerate(samples):
@@ -152,7 +157,8 @@ def kept_traces(samples: list[Sample], keep: int) -> list[tuple[str, str]]:
             by_problem.setdefault(s.problem_id, []).append((i, s))
     out = []
     for pid, found in by_problem.items():
-        found.sort(key=lambda t: (-(t[1].meta.get("verifier_score") or 0.0), t[0]))
+        if by_verifier:
+            found.sort(key=lambda t: (-(t[1].meta.get("verifier_score") or 0.0), t[0]))
         out += [(pid, t) for t in list(dict.fromkeys(s.text for _, s in found))[:keep]]
     return out
 
@@ -273,7 +279,10 @@ class SelfPlay:
             return self._rl_update(r, ckpt)
         if cfg.update == "step_dpo":
             return self._step_dpo_update(r, samples, ckpt)
-        pairs = [(self.by_id[pid].prompt, t) for pid, t in kept_traces(samples, cfg.keep_per_problem)]
+        pairs = [
+            (self.by_id[pid].prompt, t)
+            for pid, t in kept_traces(samples, cfg.keep_per_problem, cfg.keep_order == "verifier")
+        ]
         start = self.generator_dir(r - 1) if cfg.continue_training else self.base
         if not pairs and not (ckpt / "config.json").exists():
             self.log(f"round {r}: search found no correct trace; the generator is carried over unchanged")
@@ -324,11 +333,21 @@ class SelfPlay:
         manifest once it is whole."""
         cfg = self.cfg
         data_file = self.run.path / f"round{r}" / "verifier_data.json"
-        if not data_file.exists():
-            atomic_write_json(data_file, [s.to_dict() for s in verifier_data(samples, cfg.verifier_per_problem)])
         vdir = self.verifier_dir(r)
+        trained = vdir.parent.name == f"round{r}"
+        fresh: list[Sample] = []
+        if cfg.verifier_fresh and trained:  # the new generator's own traces, so V(r) sees the mistakes G(r) makes
+            fresh = sample_to_file(
+                self.run, f"round{r}-fresh", self.engine(r), self.task, self.train, lambda p: p.prompt,
+                cfg.verifier_fresh, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + r,
+                bar=self.bar,
+            )  # fmt: skip
+        if not data_file.exists():
+            chosen = verifier_data(fresh + samples, cfg.verifier_per_problem)
+            atomic_write_json(data_file, [s.to_dict() for s in chosen])
         data = self.union(r)
-        info: dict[str, Any] = {"verifier_examples": len(data), "verifier_trained": vdir.parent.name == f"round{r}"}
+        info: dict[str, Any] = {"verifier_examples": len(data), "verifier_trained": trained,
+                                "tokens_fresh": sum(len(s.token_ids) for s in fresh)}  # fmt: skip
         if not info["verifier_trained"] or (vdir / "reasonloop_verifier.json").exists():
             return info
         start = self.base if cfg.verifier_init == "base" else self.generator_dir(r)
@@ -580,13 +599,14 @@ def write_report(run: RunDir, cfg: SelfPlayConfig, records: list[dict[str, Any]]
     if "verifier_curve" in last:
         lines.append("| verifier best-of-n | " + " | ".join(_pct(last["verifier_curve"][n - 1]) for n in ns) + " |")
     gen_tokens = sum(
-        r.get("tokens_search_generator", 0) + r.get("tokens_mc", 0) + r.get("tokens_rl", 0) for r in records
+        r.get("tokens_search_generator", 0) + r.get("tokens_mc", 0) + r.get("tokens_rl", 0) + r.get("tokens_fresh", 0)
+        for r in records
     )
     ver_tokens = sum(r.get("tokens_search_verifier", 0) + r.get("tokens_rl_verifier", 0) for r in records)
     lines += [
         "",
         f"Tokens over all rounds (training side): generator {gen_tokens:,} (search, Monte-Carlo labels, RL "
-        f"rollouts), verifier {ver_tokens:,} (scoring search traces and RL rewards); the held-out measurement is "
+        f"rollouts, fresh traces for the verifier), verifier {ver_tokens:,} (scoring search traces and RL rewards); the held-out measurement is "
         "not counted.",
         "",
         "![generator](plots/generator.png)",
