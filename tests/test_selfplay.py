@@ -250,7 +250,7 @@ def test_demo_builds_the_countdown_base_once_then_plays(tmp_path, solver_tiny_di
     from reasonloop.recipes.nano import NanoConfig
 
     cfg = demo.demo_config()
-    assert (cfg.model, cfg.task, cfg.search, cfg.verifier) == ("nano-countdown", demo.DEMO_TASK, "best_of_n", "orm")
+    assert (cfg.model, cfg.task, cfg.search, cfg.verifier) == ("nano-countdown", demo.DEMO_TASK, "best_of_n", "bt")
     assert NanoConfig(**demo.DEMO_BASE).task == demo.DEMO_TASK  # the base's settings are a valid config
     built = []
 
@@ -266,7 +266,7 @@ def test_demo_builds_the_countdown_base_once_then_plays(tmp_path, solver_tiny_di
     assert main(["demo", "--run-dir", str(run)] + [x for s in sets for x in ("--set", s)]) == 0
     assert built == [NanoConfig(**demo.DEMO_BASE)] and (tmp_path / "home" / "nano-countdown" / "config.json").exists()
     out = capsys.readouterr().err
-    assert "per round" in out and "majority" in out and "(ORM)" in out and "demo finished" in out
+    assert "per round" in out and "majority" in out and "(BT)" in out and "demo finished" in out
     assert (run / "report.md").exists() and (run / "plots" / "best_of_n.png").exists()
     assert main(["demo", "--run-dir", str(run)] + [x for s in sets for x in ("--set", s)]) == 0  # resumes; no rebuild
     assert len(built) == 1

@@ -5,7 +5,9 @@
 1. build the demo's base if it is not there yet: the nano model trained on countdown (3 numbers from 1-9, targets
    up to 100; `DEMO_BASE`), in `$REASONLOOP_HOME/nano-countdown`;
 2. self-play rounds (`reasonloop selfplay` with `DEMO_DEFAULTS`): best-of-16 search on the training problems,
-   expert iteration on the verified traces, the ORM retrained on the union of every round's graded traces;
+   expert iteration on the verified traces (in sampling order), a Bradley-Terry verifier trained on the union of
+   every round's graded traces, the new generator's own samples offered first, continuing from the previous
+   round's verifier;
 3. on held-out problems after every round: greedy accuracy, majority vote and verifier best-of-n for n = 1..16,
    the verifier's AUROC within a problem;
 4. `report.md` with the per-round table and plots for both players.
@@ -41,11 +43,14 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "search": "best_of_n",
     "budget": 16,
     "keep_per_problem": 4,
+    "keep_order": "sampled",
     "epochs": 3.0,
     "lr": 2e-3,
-    "verifier": "orm",
-    "verifier_per_problem": 4,
-    "verifier_epochs": 1.0,
+    "verifier": "bt",
+    "verifier_init": "previous",
+    "verifier_fresh": 4,
+    "verifier_per_problem": 8,
+    "verifier_epochs": 2.0,
     "best_of": 16,
     "max_new_tokens": 48,
 }
