@@ -13,16 +13,16 @@ Each round r, with generator G(r-1) and verifier V(r-1) (round 1: the base, no v
 2. **Generator memory** (`update`): `sft` is expert iteration: fine-tune on the verified traces, up to
    `keep_per_problem` distinct correct ones per problem, the verifier's favourites first (the grader says which
    are right, the verifier ranks them: a trace it scores low is more likely right by accident) or in sampling order
-   (`keep_order: sampled`); `rl` runs
-   `reasonloop rl` (GRPO) from G(r-1) for `rl_steps` steps, with V(r-1)'s value after each step as dense
-   reward (`reward.process: prm`) when there is one.
+   (`keep_order: sampled`); `rl` runs `reasonloop rl` (GRPO) from G(r-1) for `rl_steps` steps, with V(r-1)'s
+   value after each step as dense reward (`reward.process: prm`) when there is one.
 3. **Verifier memory** (`verifier_memory`): `union` retrains the verifier every round on the graded traces of
    every round so far (V-STaR's recipe), so it sees the new generator's mistakes; `frozen` trains it once, in
    round 1, and keeps it. Each round adds up to `verifier_per_problem` graded traces per problem, right and wrong
    alternately; with `verifier_fresh: k`, k samples per problem from G(r) itself are offered first, so V(r) learns
-   the mistakes of the generator it will judge. The verifier starts from G(r)'s weights (`verifier_init: generator`) or the base's. Kinds: `orm`
-   (every step labelled with the outcome), `prm` (Monte-Carlo step values from G(r), `mc_k` rollouts per prefix),
-   `bt` (Bradley-Terry on right/wrong pairs of one problem).
+   the mistakes of the generator it will judge. The verifier starts from G(r)'s weights (`verifier_init:
+   generator`), the base's, or V(r-1)'s (`previous`). Kinds: `orm` (every step labelled with the outcome), `prm`
+   (Monte-Carlo step values from G(r), `mc_k` rollouts per prefix), `bt` (Bradley-Terry on right/wrong pairs of
+   one problem).
 4. **Measure** on held-out problems with G(r) and V(r): greedy accuracy, pass@1 and pass@N of N = `best_of`
    samples, majority vote, verifier best-of-n and weighted vote for n = 1..N, the verifier's AUROC (all samples,
    and within a problem) and error-step F1 (worlds with exact step checks), search accuracy at the two
@@ -606,8 +606,8 @@ def write_report(run: RunDir, cfg: SelfPlayConfig, records: list[dict[str, Any]]
     lines += [
         "",
         f"Tokens over all rounds (training side): generator {gen_tokens:,} (search, Monte-Carlo labels, RL "
-        f"rollouts, fresh traces for the verifier), verifier {ver_tokens:,} (scoring search traces and RL rewards); the held-out measurement is "
-        "not counted.",
+        f"rollouts, fresh traces for the verifier), verifier {ver_tokens:,} (scoring search traces and RL "
+        "rewards); the held-out measurement is not counted.",
         "",
         "![generator](plots/generator.png)",
         "",
