@@ -77,10 +77,7 @@ class _Model:
 
 
 class LLM:
-    instances = 0
-
     def __init__(self, model: str, *, enable_sleep_mode: bool = False, **kwargs: Any):
-        LLM.instances += 1
         self.hf = HFEngine.from_pretrained(model)
         self.enable_sleep_mode = enable_sleep_mode
         self.asleep = 0

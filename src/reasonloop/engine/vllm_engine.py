@@ -106,9 +106,13 @@ class VLLMEngine:
             raise ValueError("empty prompt: the engine needs at least one prompt token")
         return ids
 
-    def _awake(self) -> Any:
+    def _open(self) -> Any:
         if self.llm is None:
             raise ReasonloopError(f"{self.name}: the engine is closed")
+        return self.llm
+
+    def _awake(self) -> Any:
+        self._open()
         if self.sleeping:
             raise ReasonloopError(f"{self.name}: the engine is asleep (level {self.sleeping}); call wake_up() first")
         return self.llm
@@ -147,8 +151,9 @@ class VLLMEngine:
         ]
         self.counts.calls += 1
         out: list[list[Sample]] = []
-        for c in range(0, len(prompts), max(1, self.max_batch // n)):  # progress between chunks
-            chunk = range(c, min(len(prompts), c + max(1, self.max_batch // n)))
+        per_call = max(1, self.max_batch // n)  # prompts per vLLM call, so progress is reported between calls
+        for c in range(0, len(prompts), per_call):
+            chunk = range(c, min(len(prompts), c + per_call))
             answers = llm.generate(
                 [{"prompt_token_ids": prompt_ids[i]} for i in chunk], [params[i] for i in chunk], use_tqdm=False
             )
@@ -196,8 +201,7 @@ class VLLMEngine:
     def update_weights(self, weights: Any) -> None:
         """Copy `weights` (a transformers model, a state dict, or `(name, tensor)` pairs with its names) into vLLM's
         model in place, then drop the prefix cache (its keys and values came from the old weights)."""
-        if self.llm is None:
-            raise ReasonloopError(f"{self.name}: the engine is closed")
+        self._open()
         if self.sleeping == 1:
             self.llm.wake_up()
         elif self.sleeping == 2:  # the weights were dropped: map their memory, fill it, then the cache
@@ -224,10 +228,9 @@ class VLLMEngine:
         """Free vLLM's GPU memory until `wake_up` (needs `enable_sleep_mode=True`)."""
         if level not in (1, 2):
             raise ValueError("sleep level must be 1 (keep weights in CPU memory) or 2 (drop them)")
-        if self.llm is None:
-            raise ReasonloopError(f"{self.name}: the engine is closed")
+        llm = self._open()
         if not self.sleeping:
-            self.llm.sleep(level=level)
+            llm.sleep(level=level)
             self.sleeping = level
 
     def wake_up(self) -> None:
