@@ -26,7 +26,7 @@ import os
 import torch
 
 from reasonloop.core import Sample, TokenCounts, derive_seed, prompt_keys
-from reasonloop.engine.hf import _sample_tokens, row_uniforms
+from reasonloop.engine.hf import _sample_tokens, make_sample, row_uniforms
 from reasonloop.models.quiet_star import QuietStarModel, float_mask
 
 
@@ -143,15 +143,9 @@ class QuietStarEngine:
                 if not live:
                     break
             for r, (i, j) in enumerate(chunk):
-                text = self.tokenizer.decode(toks[r], skip_special_tokens=True)
-                hits = [text.find(x) for x in stop_t if x in text]
-                if hits and reason[r] != "eos":
-                    text, reason[r] = text[: min(hits)], "stop"
-                meta = {"model": self.name, "temperature": temperature, "seed": prompt_seeds[i],
-                        "finish_reason": reason[r], "n_ahead": self.n_ahead}  # fmt: skip
-                out[i][j] = Sample(
-                    problem_id="", text=text, token_ids=toks[r], logprobs=lps[r], prompt_ids=prompt_ids[i], meta=meta
-                )
+                args = (prompt_ids[i], toks[r], lps[r], reason[r], tuple(stop_t), temperature, prompt_seeds[i])
+                out[i][j] = make_sample(self.tokenizer, self.name, *args)
+                out[i][j].meta["n_ahead"] = self.n_ahead
         return out  # type: ignore[return-value]
 
     @torch.no_grad()
