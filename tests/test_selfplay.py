@@ -34,7 +34,7 @@ def test_two_rounds_end_to_end(tmp_path, solver_tiny_dir, monkeypatch):
         return real_train(start, *args, **kw)
 
     monkeypatch.setattr(selfplay, "train_value_verifier", spy)
-    cfg = SelfPlayConfig(model=str(solver_tiny_dir), **TINY, verifier_init="previous")
+    cfg = SelfPlayConfig(model=str(solver_tiny_dir), **TINY, verifier_init="previous", keep_order="verifier")
     res = run_selfplay(cfg, tmp_path / "run", log=lambda *_: None)
     run = tmp_path / "run"
     # V(1) starts from G(1), V(2) from V(1)'s value model
@@ -106,9 +106,10 @@ def test_step_dpo_update_from_the_search_samples(tmp_path, solver_tiny_dir):
 
 def test_fresh_traces_of_the_new_generator_lead_the_verifiers_data(tmp_path, solver_tiny_dir):
     """verifier_fresh=k: G(r)'s own samples of the training problems are offered to V(r)'s data before the
-    search traces; their tokens are counted; with frozen memory only round 1 samples them."""
+    search traces; their tokens are counted; with frozen memory only round 1 samples them; with the traces kept in
+    sampling order the search traces are not scored."""
     cfg = SelfPlayConfig(model=str(solver_tiny_dir), **TINY, verifier="bt", verifier_fresh=2,
-                         verifier_memory="frozen")  # fmt: skip
+                         verifier_memory="frozen", keep_order="sampled")  # fmt: skip
     records = run_selfplay(cfg, tmp_path / "run", log=lambda *_: None)["records"]
     run = tmp_path / "run"
     fresh = [Sample.from_dict(d) for d in read_jsonl(run / "samples" / "round1-fresh.jsonl")]
@@ -125,6 +126,8 @@ def test_fresh_traces_of_the_new_generator_lead_the_verifiers_data(tmp_path, sol
         assert all((pid, s.text) in chosen for s in by_problem[pid] if (s.reward == 1.0) == side)
     assert any((s.problem_id, s.text) in chosen for s in fresh)
     assert not (run / "samples" / "round2-fresh.jsonl").exists() and records[2]["tokens_fresh"] == 0
+    # traces kept in sampling order: nothing reads the verifier's scores of the search traces, so none are made
+    assert not (run / "round2" / "search_scores.json").exists() and records[2]["tokens_search_verifier"] == 0
 
 
 def test_kept_traces_and_verifier_data_by_hand():

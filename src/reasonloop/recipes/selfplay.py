@@ -7,7 +7,7 @@ Each round r, with generator G(r-1) and verifier V(r-1) (round 1: the base, no v
 
 1. **Search** on the training problems under a budget per problem (`search`, `budget`; the budget means what it
    means in `reasonloop.search.solve`). Sampling strategies (`best_of_n`, `weighted_vote`) draw `budget` samples per
-   problem and V(r-1) scores them; tree strategies (`beam`, `mcts`) are guided by V(r-1) and every complete
+   problem and V(r-1) scores them when the update reads the scores (`keep_order: verifier`); tree strategies (`beam`, `mcts`) are guided by V(r-1) and every complete
    solution they visit is kept. Round 1 has no verifier, so it samples (best-of-N needs no scores to explore).
    Everything search finds is graded by the world's grader (the training problems' answers are known).
 2. **Generator memory** (`update`): `sft` is expert iteration: fine-tune on the verified traces, up to
@@ -208,11 +208,18 @@ class SelfPlay:
         return HFEngine.from_pretrained(self.generator_dir(r), max_batch=self.cfg.max_batch)
 
     # -- 1. search ----------------------------------------------------------------------------------------------
+    @property
+    def search_reads_verifier(self) -> bool:
+        """Whether the search stage needs V(r-1): tree strategies are guided by it; sampled traces are only scored
+        for expert iteration's `keep_order: verifier` (nothing else reads the scores, so no tokens are spent)."""
+        cfg = self.cfg
+        return cfg.search not in SAMPLING or (cfg.update == "sft" and cfg.keep_order == "verifier")
+
     def search(self, r: int) -> tuple[list[Sample], dict[str, int]]:
         """Every graded trace search found on the training problems in round r, and the tokens it spent."""
         cfg = self.cfg
         engine, vdir = self.engine(r - 1), self.verifier_dir(r - 1)
-        verifier = load_verifier(vdir) if vdir is not None else None
+        verifier = load_verifier(vdir) if vdir is not None and self.search_reads_verifier else None
         if cfg.search in SAMPLING or verifier is None:
             samples = sample_to_file(
                 self.run, f"round{r}-search", engine, self.task, self.train, lambda p: p.prompt, cfg.budget,
