@@ -8,16 +8,17 @@
 From the demo's countdown base (`reasonloop demo` builds it; `--base` to name another), each (arm, seed) is a
 resumable run directory under `--out`:
 
-- `selfplay`: `reasonloop demo`'s rounds (`DEMO_DEFAULTS`, the seed changed): best-of-16 sampling on the
-  training problems scored by the verifier, expert iteration on the verified traces, the ORM retrained on the
-  union of every round's traces;
+- `selfplay`: `reasonloop demo`'s rounds (`DEMO_DEFAULTS`, the seed changed): best-of-N sampling on the
+  training problems, expert iteration on the verified traces, the verifier retrained on the union of every
+  round's traces;
 - `frozen`: the same, with the verifier trained in round 1 only (`verifier_memory=frozen`);
 - `star`: STaR rounds from the same base with no search and no verifier (`reasonloop star`: `--star-samples`
   rationales per training problem, rationalisation with the answer as a hint for the failures, the same
   problems, epochs, learning rate, traces kept per problem and continued training as the self-play runs).
 
-Tokens on the x axis are training-side: every token the generator sampled (search, rationalisation) and, for
-self-play, every token the verifier read while scoring the search traces. Each round's generator of every arm is
+Tokens on the x axis are training-side: every token the generator sampled (search, rationalisation, self-play's
+fresh samples for the verifier) and every token the verifier read while scoring search traces (none with the
+demo's defaults, whose traces are kept in sampling order). Each round's generator of every arm is
 measured the same way (`reasonloop.eval.evaluate` on the run's held-out problems: greedy, and pass@16 from 16
 samples), cached in the run directory.
 

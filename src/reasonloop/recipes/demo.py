@@ -4,7 +4,7 @@
 
 1. build the demo's base if it is not there yet: the nano model trained on countdown (3 numbers from 1-9, targets
    up to 100; `DEMO_BASE`), in `$REASONLOOP_HOME/nano-countdown`;
-2. self-play rounds (`reasonloop selfplay` with `DEMO_DEFAULTS`): best-of-16 search on the training problems,
+2. three self-play rounds (`reasonloop selfplay` with `DEMO_DEFAULTS`): best-of-32 search on the training problems,
    expert iteration on the verified traces (in sampling order), a Bradley-Terry verifier trained on the union of
    every round's graded traces, the new generator's own samples offered first, continuing from the previous
    round's verifier;
@@ -39,9 +39,9 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "task": DEMO_TASK,
     "n_train": 1500,
     "n_eval": 200,
-    "rounds": 4,
+    "rounds": 3,
     "search": "best_of_n",
-    "budget": 16,
+    "budget": 32,
     "keep_per_problem": 4,
     "keep_order": "sampled",
     "epochs": 3.0,
