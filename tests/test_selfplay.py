@@ -63,8 +63,10 @@ def test_two_rounds_end_to_end(tmp_path, solver_tiny_dir, monkeypatch):
     solved_held = {h["problem_id"] for h in held if h["reward"] == 1.0}
     assert records[2]["pass@4"] == pytest.approx(len(solved_held) / 6)
     assert records[2]["search"]["4"]["accuracy"] == records[2]["verifier_curve"][3]  # best_of_n at budget 4
+    assert "auroc_within_previous" not in records[1] and "auroc_within_previous" in records[2]
     report = (run / "report.md").read_text()
     assert "# Self-play on `arith`" in report and "| 2 |" in report and "verifier best-of-n" in report
+    assert "the same on G(r-1)'s samples" in report
     for plot in ("generator.png", "verifier.png", "best_of_n.png"):
         assert (run / "plots" / plot).stat().st_size > 1000
     # a rerun does nothing new and returns the same records
@@ -128,6 +130,35 @@ def test_fresh_traces_of_the_new_generator_lead_the_verifiers_data(tmp_path, sol
     assert not (run / "samples" / "round2-fresh.jsonl").exists() and records[2]["tokens_fresh"] == 0
     # traces kept in sampling order: nothing reads the verifier's scores of the search traces, so none are made
     assert not (run / "round2" / "search_scores.json").exists() and records[2]["tokens_search_verifier"] == 0
+
+
+def test_the_verifier_on_the_previous_generators_samples(tmp_path, solver_tiny_dir):
+    """`auroc_within_on`: a verifier's within-problem AUROC on a round's held-out file, read back per problem in
+    sample order whatever the order of its lines (a resumed run appends), problems without both labels left out."""
+    from reasonloop.recipes.selfplay import SelfPlay
+
+    sp = SelfPlay(
+        SelfPlayConfig(model=str(solver_tiny_dir), **{**TINY, "n_eval": 2, "best_of": 3, "eval_budgets": "1,3"}),
+        tmp_path / "run",
+    )
+    a, b = sp.test
+    rows = [  # (problem, sample index, text, reward); the verifier scores a text by its number
+        (b, 2, "0.9", 1.0), (a, 0, "0.2", 1.0), (a, 1, "0.7", 0.0), (b, 0, "0.1", 0.0), (a, 2, "0.5", 1.0),
+        (b, 1, "0.3", 0.0), (a, 3, "0.99", 0.0),  # a 4th sample of a: beyond best_of, not read
+    ]  # fmt: skip
+    path = sp.run.samples_path("round1-heldout")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(Sample(p.id, t, steps=[t], reward=r, meta={"sample_index": i}).to_dict()) + "\n"
+                            for p, i, t, r in rows))  # fmt: skip
+
+    class ByNumber:
+        def score_many(self, prompts, steps):
+            assert prompts == [a.prompt] * 3 + [b.prompt] * 3  # the test problems' order, best_of each
+            return [float(st[0]) for st in steps]
+
+    assert [s.text for s in sp.heldout(1)] == ["0.2", "0.7", "0.5", "0.1", "0.3", "0.9"]
+    # a: right 0.2, 0.5 against wrong 0.7: both lose (0/2); b: right 0.9 beats both wrong (2/2); mean 0.5
+    assert sp.auroc_within_on(ByNumber(), 1) == 0.5
 
 
 def test_kept_traces_and_verifier_data_by_hand():

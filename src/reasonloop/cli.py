@@ -322,13 +322,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
             table.add_row(str(n), f"{100 * last['greedy']:.1f}%", f"{100 * last['majority_curve'][n - 1]:.1f}%", best)
     con.print(table)
     rows = Table(title="per round")
-    for column in ("round", "greedy", f"pass@{N}", f"majority@{N}", f"verifier best-of-{N}", "AUROC within a problem"):
+    columns = ("round", "greedy", f"pass@{N}", f"majority@{N}", f"verifier best-of-{N}", "AUROC within a problem",
+               "the same, last round's samples")  # fmt: skip
+    for column in columns:
         rows.add_column(column, justify="right")
     for r in records:
         best = f"{100 * r['verifier_curve'][-1]:.1f}%" if "verifier_curve" in r else "-"
-        auroc = f"{r['auroc_within']:.3f}" if r.get("auroc_within") is not None else "-"
+        aurocs = [f"{r[k]:.3f}" if r.get(k) is not None else "-" for k in ("auroc_within", "auroc_within_previous")]
         rows.add_row(str(r["round"]), f"{100 * r['greedy']:.1f}%", f"{100 * r[f'pass@{N}']:.1f}%",
-                     f"{100 * r['majority_curve'][-1]:.1f}%", best, auroc)  # fmt: skip
+                     f"{100 * r['majority_curve'][-1]:.1f}%", best, *aurocs)  # fmt: skip
     con.print(rows)
     con.print(f"demo finished in {time.perf_counter() - t0:.0f}s; report at {Path(args.run_dir) / 'report.md'}")
     return 0

@@ -4,12 +4,20 @@ from reasonloop.eval.curves import best_of_n_curve, greedy_accuracy, majority_cu
 from reasonloop.eval.evaluate import EvalConfig, evaluate, summary_rows
 from reasonloop.eval.metrics import maj_at_k, majority_correct, pass_at_k
 from reasonloop.eval.plots import save_line_plot
-from reasonloop.eval.verifier_metrics import auroc, auroc_or_none, best_threshold, error_step_f1, predicted_first_error
+from reasonloop.eval.verifier_metrics import (
+    auroc,
+    auroc_or_none,
+    auroc_within,
+    best_threshold,
+    error_step_f1,
+    predicted_first_error,
+)
 
 __all__ = [
     "EvalConfig",
     "auroc",
     "auroc_or_none",
+    "auroc_within",
     "best_of_n_curve",
     "best_threshold",
     "error_step_f1",

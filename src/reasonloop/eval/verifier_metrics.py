@@ -68,6 +68,18 @@ def auroc_or_none(scores: Sequence[float], labels: Sequence[int]) -> float | Non
     return auroc(scores, labels) if 0 < sum(labels) < len(labels) else None
 
 
+def auroc_within(scores: Sequence[float], labels: Sequence[int], n: int) -> float | None:
+    """Mean AUROC within consecutive groups of `n` (the samples of one problem) over the groups with both labels:
+    the ranking best-of-n needs. None when no group has both.
+
+    >>> auroc_within([0.9, 0.1, 0.3, 0.2, 0.5, 0.6], [1, 0, 0, 1, 1, 1], 2)  # 1.0 and 0.0; the third group all right
+    0.5
+    """
+    values = [auroc_or_none(scores[i : i + n], labels[i : i + n]) for i in range(0, len(scores), n)]
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
 def predicted_first_error(step_scores: Sequence[float], threshold: float) -> int | None:
     """A process verifier's guess of the first wrong step: the first step scored below `threshold`,
     None if no step is.

@@ -26,7 +26,9 @@ Each round r, with generator G(r-1) and verifier V(r-1) (round 1: the base, no v
 4. **Measure** on held-out problems with G(r) and V(r): greedy accuracy, pass@1 and pass@N of N = `best_of`
    samples, majority vote, verifier best-of-n and weighted vote for n = 1..N, the verifier's AUROC (all samples,
    and within a problem) and error-step F1 (worlds with exact step checks), search accuracy at the two
-   `eval_budgets`, and the tokens every stage spent (generator and verifier).
+   `eval_budgets`, and the tokens every stage spent (generator and verifier). From round 2 also V(r)'s
+   within-problem AUROC on G(r-1)'s held-out samples: against V(r-1)'s on the same samples it says whether the
+   verifier improved, against V(r)'s on G(r)'s whether the new generator's mistakes are harder to rank.
 
 `report.md` has the per-round table for both players, three plots (generator, verifier, accuracy against n for the
 last round) and the tokens. State lives in `RUN/state.json`; every stage writes its result atomically (or as a
@@ -55,7 +57,7 @@ from reasonloop.core import (
     split_steps,
 )
 from reasonloop.engine import HFEngine
-from reasonloop.eval import greedy_accuracy, majority_curve, pass_at_k, save_line_plot
+from reasonloop.eval import auroc_within, greedy_accuracy, majority_curve, pass_at_k, save_line_plot
 from reasonloop.models import load_model, save_model
 from reasonloop.recipes.common import BarFactory, finetune_and_save, no_bar, sample_to_file, start_run
 from reasonloop.recipes.verifiers import evaluate_verifier
@@ -439,8 +441,30 @@ class SelfPlay:
             verifier_curve=ev["best_of_n"], weighted_vote=ev[f"weighted_vote@{N}"], auroc=ev["auroc"],
             auroc_within=ev["auroc_within_problem"], error_f1=(ev["error_step"] or {}).get("f1"),
         )  # fmt: skip
+        if r >= 2:  # V(r) on G(r-1)'s samples: did the verifier improve, or did the generator's samples get harder?
+            rec["auroc_within_previous"] = self.auroc_within_on(verifier, r - 1)
         rec["search"] = self._search_at_budgets(r, engine, verifier, held, ev)
         return rec
+
+    def auroc_within_on(self, verifier, r: int) -> float | None:
+        """`verifier`'s within-problem AUROC on G(r)'s held-out samples."""
+        held, N = self.heldout(r), self.cfg.best_of
+        scores = verifier.score_many(
+            [self.test[i // N].prompt for i in range(len(held))], [s.steps or [""] for s in held]
+        )
+        return auroc_within(scores, [int(s.reward == 1.0) for s in held], N)
+
+    def heldout(self, r: int) -> list[Sample]:
+        """G(r)'s held-out samples as round r measured them: `best_of` per problem, in the test problems' order."""
+        by_problem: dict[str, list[Sample]] = {}
+        for rec in read_jsonl(self.run.samples_path(f"round{r}-heldout")):
+            s = Sample.from_dict(rec)
+            by_problem.setdefault(s.problem_id, []).append(s)
+        return [
+            s
+            for p in self.test
+            for s in sorted(by_problem[p.id], key=lambda s: s.meta["sample_index"])[: self.cfg.best_of]
+        ]
 
     def _search_at_budgets(self, r: int, engine, verifier, held: list[Sample], ev: dict) -> dict[str, Any]:
         """Held-out accuracy and tokens per problem of the round's search strategy at the two `eval_budgets`."""
@@ -557,6 +581,7 @@ def write_report(run: RunDir, cfg: SelfPlayConfig, records: list[dict[str, Any]]
     save_line_plot(
         plots / "verifier.png", rounds,
         {"AUROC within a problem": [_nan(r.get("auroc_within")) for r in records],
+         "the same, on G(r-1)'s samples": [_nan(r.get("auroc_within_previous")) for r in records],
          "AUROC (all samples)": [_nan(r.get("auroc")) for r in records],
          "error-step F1": [_nan(r.get("error_f1")) for r in records]},
         xlabel="round", ylabel="score", title=f"self-play on {cfg.task}: the verifier ({cfg.verifier.upper()})",
@@ -578,9 +603,9 @@ def write_report(run: RunDir, cfg: SelfPlayConfig, records: list[dict[str, Any]]
         f"({cfg.verifier_memory} memory, from the {cfg.verifier_init}). Held-out: {cfg.n_eval} problems x {N} samples.",
         "",
         f"| round | greedy | pass@1 | pass@{N} | majority@{N} | verifier best-of-{N} | weighted vote@{N} | "
-        f"AUROC within a problem | AUROC | error-step F1 | {cfg.search}@{b1} | {cfg.search}@{b2} | "
-        "search solved (train) | traces kept | verifier traces | search tokens (gen + ver) |",
-        "|---" * 16 + "|",
+        f"AUROC within a problem | the same on G(r-1)'s samples | AUROC | error-step F1 | {cfg.search}@{b1} | "
+        f"{cfg.search}@{b2} | search solved (train) | traces kept | verifier traces | search tokens (gen + ver) |",
+        "|---" * 17 + "|",
     ]
     for r in records:
         search = r.get("search", {})
@@ -588,6 +613,7 @@ def write_report(run: RunDir, cfg: SelfPlayConfig, records: list[dict[str, Any]]
             f"| {r['round']} | {_pct(r['greedy'])} | {_pct(r['pass@1'])} | {_pct(r[f'pass@{N}'])} | "
             f"{_pct(r['majority_curve'][-1])} | {_pct(r['verifier_curve'][-1]) if 'verifier_curve' in r else ''} | "
             f"{_pct(r.get('weighted_vote')) if 'weighted_vote' in r else ''} | {_num(r.get('auroc_within'))} | "
+            f"{_num(r.get('auroc_within_previous'))} | "
             f"{_num(r.get('auroc'))} | {_pct(r.get('error_f1'))} | "
             f"{_pct(search[str(b1)]['accuracy']) if search else ''} | {_pct(search[str(b2)]['accuracy']) if search else ''} | "
             f"{_pct(r['train_solved']) if 'train_solved' in r else ''} | {r.get('traces_kept', '')} | "

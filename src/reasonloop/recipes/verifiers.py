@@ -40,7 +40,13 @@ from typing import Any
 from reasonloop.core import RunDir, atomic_write_json, atomic_write_text, bounded, defaults_of, split_steps, to_dict
 from reasonloop.engine import HFEngine
 from reasonloop.eval import best_of_n_curve, greedy_accuracy, majority_curve, save_line_plot
-from reasonloop.eval.verifier_metrics import auroc, auroc_or_none, best_threshold, error_step_f1, predicted_first_error
+from reasonloop.eval.verifier_metrics import (
+    auroc_or_none,
+    auroc_within,
+    best_threshold,
+    error_step_f1,
+    predicted_first_error,
+)
 from reasonloop.models import resolve_model
 from reasonloop.recipes.common import BarFactory, no_bar, sample_to_file
 from reasonloop.search import weighted_vote_pick
@@ -237,11 +243,6 @@ def evaluate_verifier(verifier, test, held, steps, labels, truth, N: int) -> dic
         for i in range(len(test))
     ]
     vote = sum(held[i * N + j].reward or 0.0 for i, j in enumerate(picks)) / len(test)  # the picked sample's grade
-    within = [
-        auroc(scores[i * N : (i + 1) * N], labels[i * N : (i + 1) * N])
-        for i in range(len(test))
-        if 0 < sum(labels[i * N : (i + 1) * N]) < N
-    ]
     # ProcessBench: the "correct" class is right answers whose steps are all right; threshold on the first half
     keep = [j for j in range(len(held)) if truth[j] is not None or labels[j] == 1]
     half = len(held) // 2
@@ -252,7 +253,7 @@ def evaluate_verifier(verifier, test, held, steps, labels, truth, N: int) -> dic
         f1 = error_step_f1([predicted_first_error(step_scores[j], thr) for j in ev], [truth[j] for j in ev])
     return {
         "auroc": auroc_or_none(scores, labels),
-        "auroc_within_problem": sum(within) / len(within) if within else None,
+        "auroc_within_problem": auroc_within(scores, labels, N),
         "best_of_n": best,
         f"weighted_vote@{N}": vote,
         "error_step": {**f1, "threshold": thr} if has_both else None,  # None: a class is missing
