@@ -322,8 +322,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             table.add_row(str(n), f"{100 * last['greedy']:.1f}%", f"{100 * last['majority_curve'][n - 1]:.1f}%", best)
     con.print(table)
     rows = Table(title="per round")
-    columns = ("round", "greedy", f"pass@{N}", f"majority@{N}", f"verifier best-of-{N}", "AUROC within a problem",
-               "the same, last round's samples")  # fmt: skip
+    columns = ("round", "greedy", f"pass@{N}", f"majority vote@{N}", f"verifier best-of-{N}", "AUROC within a problem",
+               "the same, on G(r-1)'s samples")  # fmt: skip
     for column in columns:
         rows.add_column(column, justify="right")
     for r in records:
