@@ -9,7 +9,8 @@ Each round r, with generator G(r-1) and verifier V(r-1) (round 1: the base, no v
    means in `reasonloop.search.solve`). Sampling strategies (`best_of_n`, `weighted_vote`) draw `budget` samples per
    problem and V(r-1) scores them when the update reads the scores (`keep_order: verifier`); tree strategies
    (`beam`, `mcts`) are guided by V(r-1) and every complete solution they visit is kept. Round 1 has no verifier,
-   so it samples (best-of-N needs no scores to explore). Everything search finds is graded by the world's grader (the training problems' answers are known).
+   so it samples (best-of-N needs no scores to explore). Everything search finds is graded by the world's grader
+   (the training problems' answers are known).
 2. **Generator memory** (`update`): `sft` is expert iteration: fine-tune on the verified traces, up to
    `keep_per_problem` distinct correct ones per problem, the verifier's favourites first (the grader says which
    are right, the verifier ranks them: a trace it scores low is more likely right by accident) or in sampling order
