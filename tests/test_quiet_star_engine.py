@@ -72,3 +72,15 @@ def test_sampling_is_keyed_per_row(pair):
     both = engine.generate(PROMPTS, 2, temperature=1.0, max_new_tokens=5, seed=3)
     alone = engine.generate(PROMPTS[1:], 2, temperature=1.0, max_new_tokens=5, seeds=[both[1][0].meta["seed"]])
     assert [s.token_ids for s in alone[0]] == [s.token_ids for s in both[1]]
+
+
+def test_a_special_token_is_not_text_for_a_stop_string(pair):
+    """As for the hf engine: "<bos>" holds "os" by name, decodes to nothing, and must not end a sample as a stop."""
+    engine = QuietStarEngine(pair[0], n_ahead=1)
+    out = engine.generate(PROMPTS, 16, temperature=1.0, max_new_tokens=30, stop=["os"], seed=0)
+    special = set(engine.tokenizer.all_special_ids)
+    samples = [s for ss in out for s in ss]
+    assert sum(any(t in special for t in s.token_ids) for s in samples) >= 4  # the case is exercised
+    for s in samples:
+        text = engine.tokenizer.decode(s.token_ids, skip_special_tokens=True)
+        assert (s.meta["finish_reason"] == "stop") == ("os" in text)

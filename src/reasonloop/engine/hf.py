@@ -232,7 +232,7 @@ class HFEngine:
                 for b in live.tolist():
                     if not hit[b]:
                         k = int(ngen[b])
-                        tail = self.tokenizer.decode(out_tok[b, max(0, k - window) : k])
+                        tail = self.tokenizer.decode(out_tok[b, max(0, k - window) : k], skip_special_tokens=True)
                         hit[b] = any(s in tail for s in text_stops)
             return hit
 

@@ -135,7 +135,9 @@ class QuietStarEngine:
                     self.counts.generated += 1
                     if t in self.eos_ids:
                         reason[r] = "eos"
-                    elif stop_t and any(x in self.tokenizer.decode(toks[r][-16:]) for x in stop_t):
+                    elif stop_t and any(
+                        x in self.tokenizer.decode(toks[r][-16:], skip_special_tokens=True) for x in stop_t
+                    ):
                         reason[r] = "stop"
                     else:
                         still.append(r)
