@@ -30,6 +30,7 @@ Reference log-probabilities are computed once before training, not every epoch.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -320,7 +321,7 @@ def step_dpo_update(
     if cfg.loss != "dpo":
         solutions = valued_solutions(usable, cfg.solutions_per_problem)
         engine = HFEngine.from_pretrained(start_dir, max_batch=max_batch)
-        decode = engine.tokenizer.decode
+        decode = functools.partial(engine.tokenizer.decode, skip_special_tokens=True)  # the text the steps come from
         log(f"Monte-Carlo step values: {len(solutions)} solutions x {cfg.mc_k} rollouts per prefix")
         records = monte_carlo_values(
             out / "mc_values.jsonl", engine, task, by_id, solutions, cfg.mc_k, temperature=temperature,
