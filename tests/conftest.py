@@ -93,6 +93,17 @@ def trained_tiny_dir(tmp_path_factory) -> Path:
     return train_nano(path, cfg)
 
 
+def assert_stops_only_on_text(tokenizer, out, stop: str, exercised: int) -> None:
+    """Every sample of `out` (per-prompt lists) ended as a "stop" exactly when its text without special tokens holds
+    `stop`, and at least `exercised` samples hold a special token (whose name may hold `stop`, its text does not)."""
+    special = set(tokenizer.all_special_ids)
+    samples = [s for ss in out for s in ss]
+    assert sum(any(t in special for t in s.token_ids) for s in samples) >= exercised  # the case is exercised
+    for s in samples:
+        text = tokenizer.decode(s.token_ids, skip_special_tokens=True)
+        assert (s.meta["finish_reason"] == "stop") == (stop in text)
+
+
 def require_shared(path: Path) -> Path:
     """`path` if it exists; else skip the test on a developer's machine, but fail it under CI (`CI=true`), where a
     layout change must not silently hide the real-data tests."""

@@ -6,7 +6,7 @@ from reasonloop.engine import HFEngine
 from reasonloop.engine.fast import FastDecoder
 from reasonloop.models import load_model
 
-from .conftest import tiny_model
+from .conftest import assert_stops_only_on_text, tiny_model
 
 PROMPTS = ["Q: 1+2\n", "Q: 33*4-2\n", "Q: 7\n"]
 
@@ -178,12 +178,7 @@ def test_a_special_token_is_not_text_for_a_stop_string(tiny_model_dir):
     a sample as a stop (it did, through the decoded tail of multi-character stop strings)."""
     engine = HFEngine.from_pretrained(tiny_model_dir)
     out = engine.generate(["Q: 1+2\n"] * 4, n=16, temperature=1.0, max_new_tokens=40, stop=["os"], seed=0)
-    special = set(engine.tokenizer.all_special_ids)
-    samples = [s for ss in out for s in ss]
-    assert sum(any(t in special for t in s.token_ids) for s in samples) >= 8  # the case is exercised
-    for s in samples:
-        text = engine.tokenizer.decode(s.token_ids, skip_special_tokens=True)
-        assert (s.meta["finish_reason"] == "stop") == ("os" in text)
+    assert_stops_only_on_text(engine.tokenizer, out, "os", exercised=8)
 
 
 def test_kv_cache_bounded_by_batch_not_by_n(tiny_model_dir):

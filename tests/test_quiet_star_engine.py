@@ -13,7 +13,7 @@ from reasonloop.engine import HFEngine
 from reasonloop.engine.quiet_star import QuietStarEngine
 from reasonloop.models.nano import build_tokenizer
 from reasonloop.models.quiet_star import QuietStarModel
-from tests.conftest import tiny_model
+from tests.conftest import assert_stops_only_on_text, tiny_model
 
 PROMPTS = ["Q: 9*3-5\n", "Q: 2+6-6+2*2\n"]
 
@@ -78,9 +78,4 @@ def test_a_special_token_is_not_text_for_a_stop_string(pair):
     """As for the hf engine: "<bos>" holds "os" by name, decodes to nothing, and must not end a sample as a stop."""
     engine = QuietStarEngine(pair[0], n_ahead=1)
     out = engine.generate(PROMPTS, 16, temperature=1.0, max_new_tokens=30, stop=["os"], seed=0)
-    special = set(engine.tokenizer.all_special_ids)
-    samples = [s for ss in out for s in ss]
-    assert sum(any(t in special for t in s.token_ids) for s in samples) >= 4  # the case is exercised
-    for s in samples:
-        text = engine.tokenizer.decode(s.token_ids, skip_special_tokens=True)
-        assert (s.meta["finish_reason"] == "stop") == ("os" in text)
+    assert_stops_only_on_text(engine.tokenizer, out, "os", exercised=4)
