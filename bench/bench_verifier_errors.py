@@ -1,6 +1,7 @@
 """Which mistakes does a self-play round's verifier miss? (issue 13)
 
     python bench/bench_verifier_errors.py runs/demo --rounds 2 3 4
+    python bench/bench_verifier_errors.py runs/demo --rounds 1 2 3 --by illegal
 
 For a countdown self-play run (`reasonloop demo` or `reasonloop selfplay` with a
 value verifier), each round's held-out samples (`samples/roundR-heldout.jsonl`,
@@ -11,7 +12,12 @@ of that kind (the chance that a right sample of a problem scores above a wrong
 one of that kind; ties count half). Kinds: a step using a number it does not
 have, wrong arithmetic, a legal step after which the target is unreachable, a
 wrong answer line, text that is neither a step nor an answer, no answer.
-Prints a table and writes `bench/results/verifier_errors.json`.
+With `--by illegal` the kind is that of the first *illegal* step instead (what a
+checker sees without solving the problem): a number spent by an earlier step, a
+number never in play, wrong arithmetic whose claimed result is the target, other
+wrong arithmetic, an answer line that is not the target reached, other text.
+`--verifier-round V` scores every round with round V's verifier instead of its own.
+Prints a table and writes `bench/results/verifier_errors[_illegal].json`.
 """
 
 from __future__ import annotations
@@ -64,12 +70,50 @@ def mistake(task: CountdownTask, problem, steps: list[str]) -> str:
     return "no answer" if last != target else "answer line wrong"
 
 
+ILLEGAL_KINDS = (
+    "reuses a spent number",
+    "a number never in play",
+    "wrong arithmetic landing on the target",
+    "other wrong arithmetic",
+    "answer line not the target reached",
+    "neither a step nor an answer",
+    "no answer",
+)
+
+
+def illegal_step(task: CountdownTask, problem, steps: list[str]) -> str:
+    """The kind of the first illegal step of a solution (dead ends are legal), or "right"."""
+    if task.is_correct(problem, "\n".join(steps)):
+        return "right"
+    given = set(problem.meta["numbers"])
+    pool, made, target = Counter(problem.meta["numbers"]), set(), int(problem.answer)
+    for step in steps:
+        m = STEP_RE.match(step)
+        if not m:
+            if task.extract_answer(step) is None:
+                return "neither a step nor an answer"
+            return "answer line not the target reached"
+        a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+        missing = Counter([a, b]) - pool
+        if missing:
+            return "reuses a spent number" if set(missing) & (given | made) else "a number never in play"
+        if c < 0 or (op == "/" and (b == 0 or a % b)) or OPS[op](a, b) != c:
+            return "wrong arithmetic landing on the target" if c == target else "other wrong arithmetic"
+        pool -= Counter([a, b])
+        pool[c] += 1
+        made.add(c)
+    return "no answer"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a countdown self-play run directory")
     ap.add_argument("--rounds", type=int, nargs="+", default=[1, 2, 3, 4])
+    ap.add_argument("--by", choices=("first", "illegal"), default="first", help="the first mistake or illegal step")
+    ap.add_argument("--verifier-round", type=int, default=None, help="score every round with this round's verifier")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    classify, kinds = (mistake, KINDS) if args.by == "first" else (illegal_step, ILLEGAL_KINDS)
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     task, _, test = draw_problems(load_config(SelfPlayConfig, run / "config.yaml"))
@@ -80,15 +124,15 @@ def main() -> int:
     print("| round | kind | share of wrong | within-problem AUROC (right vs this kind) |")
     for r in args.rounds:
         samples = [Sample(**x) for x in read_jsonl(run / "samples" / f"round{r}-heldout.jsonl")]
-        verifier = load_verifier(run / f"round{r}" / "verifier")
+        verifier = load_verifier(run / f"round{args.verifier_round or r}" / "verifier")
         scores = verifier.score_many([by_id[s.problem_id].prompt for s in samples], [s.steps or [""] for s in samples])
         groups: dict[str, list[tuple[str, float]]] = defaultdict(list)
         for s, score in zip(samples, scores):
-            groups[s.problem_id].append((mistake(task, by_id[s.problem_id], list(s.steps)), score))
+            groups[s.problem_id].append((classify(task, by_id[s.problem_id], list(s.steps)), score))
         counts = Counter(k for g in groups.values() for k, _ in g)
         wrong = sum(v for k, v in counts.items() if k != "right")
         out[r] = {}
-        for kind in KINDS:
+        for kind in kinds:
             wins = pairs = 0.0
             for g in groups.values():
                 right = [v for k, v in g if k == "right"]
@@ -100,7 +144,7 @@ def main() -> int:
             if counts[kind]:
                 shown = f"{auroc:.3f} ({int(pairs)} pairs)" if auroc is not None else "-"
                 print(f"| {r} | {kind} | {100 * counts[kind] / max(1, wrong):.0f}% | {shown} |")
-    path = Path(__file__).parent / "results" / "verifier_errors.json"
+    path = Path(__file__).parent / "results" / f"verifier_errors{'' if args.by == 'first' else '_illegal'}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     return 0
