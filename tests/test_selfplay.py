@@ -15,7 +15,7 @@ from reasonloop.recipes.selfplay import SelfPlayConfig, kept_traces, run_selfpla
 
 TINY = dict(
     task="arith", n_train=10, n_eval=6, rounds=2, budget=4, best_of=4, eval_budgets="2,4", max_new_tokens=24,
-    epochs=1, batch_size=4, verifier_epochs=1, verifier_per_problem=2,
+    epochs=1, batch_size=4, verifier_epochs=1, verifier_per_problem=2, check_facts=64,
 )  # fmt: skip
 
 
@@ -265,6 +265,8 @@ def _close(a, b, where="records") -> None:
         ("verifier_fresh=-1", "key 'verifier_fresh' must be"),
         ("eval_budgets=4", "eval_budgets"),
         ("eval_budgets=4,32", "best_of >= 32"),
+        ("check_weight=-1", "key 'check_weight' must be"),
+        ("check_facts=0", "key 'check_facts' must be"),
     ],
 )
 def test_config_errors_are_one_line_before_anything_runs(override, message, tmp_path, capsys):

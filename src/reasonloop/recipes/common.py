@@ -14,6 +14,7 @@ from reasonloop.core import (
     Generator,
     JsonlWriter,
     Problem,
+    ReasonloopError,
     RunDir,
     Sample,
     atomic_write_text,
@@ -37,6 +38,7 @@ from reasonloop.models import (
 )
 from reasonloop.tasks import Task, get_task
 from reasonloop.train import TrainConfig, sft_on_pairs
+from reasonloop.verifiers.check import claim_split
 
 PLACEMENT_KEYS = ("executor", "ray")  # config keys that say where sampling and grading run, not what they compute
 
@@ -248,6 +250,21 @@ def finetune_and_save(
     cfg = TrainConfig(steps=steps, lr=lr, warmup=max(1, steps // 20), save_every=max(1, steps // 5), seed=seed)
     finetune(model, tokenizer, pairs, cfg, batch_size, train_dir, seed, bar)
     save_model(model, tokenizer, ckpt)
+
+
+def train_step_checker(
+    start: Path, task, ckpt: Path, train_dir: Path, n_facts: int, *, seed: int = 0, bar: BarFactory = no_bar
+) -> None:
+    """Fine-tune `start` on `n_facts` of the world's single facts (`a op b=c`: the claim after the last `=` given
+    the left side) and save it to `ckpt` as a step checker (`verifiers.check.StepChecker`); skipped if it exists.
+    One pass, batch 64, lr 1e-3."""
+    if (ckpt / "config.json").exists():
+        return
+    facts = task.facts(n_facts, seed=seed + 7919)
+    pairs = [split for split in map(claim_split, facts) if split is not None]
+    if not pairs:
+        raise ReasonloopError(f"{task.name}: its facts have no claims (`left=claim`) for a step checker to learn")
+    finetune_and_save(start, pairs, ckpt, train_dir, epochs=1, batch_size=64, lr=1e-3, seed=seed, bar=bar)
 
 
 _VLLM_ENGINES: dict[str, Any] = {}  # in-process vLLM holds the GPU: one per architecture, later rounds reload weights

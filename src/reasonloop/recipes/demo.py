@@ -7,7 +7,9 @@
 2. three self-play rounds (`reasonloop selfplay` with `DEMO_DEFAULTS`): best-of-32 search on the training problems,
    expert iteration on the verified traces (in sampling order), a Bradley-Terry verifier trained on the union of
    every round's graded traces, the new generator's own samples offered first, continuing from the previous
-   round's verifier;
+   round's verifier, with a step checker beside it (the base fine-tuned once on the world's facts, which
+   re-derives each step's `a op b=c` in isolation: the false landing step `14*7=35` that the generator learns
+   to write and the learned verifier misses);
 3. on held-out problems after every round: greedy accuracy, majority vote and verifier best-of-n for n = 1..16,
    the verifier's AUROC within a problem;
 4. `report.md` with the per-round table and plots for both players.
@@ -51,6 +53,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "verifier_fresh": 4,
     "verifier_per_problem": 8,
     "verifier_epochs": 2.0,
+    "verifier_check": True,
     "best_of": 16,
     "max_new_tokens": 48,
 }

@@ -23,7 +23,8 @@ Each round r, with generator G(r-1) and verifier V(r-1) (round 1: the base, no v
    the mistakes of the generator it will judge. The verifier starts from G(r)'s weights (`verifier_init:
    generator`), the base's, or V(r-1)'s (`previous`). Kinds: `orm` (every step labelled with the outcome), `prm`
    (Monte-Carlo step values from G(r), `mc_k` rollouts per prefix), `bt` (Bradley-Terry on right/wrong pairs of
-   one problem).
+   one problem). With `verifier_check`, a step checker (the base fine-tuned once on the world's facts, in
+   `RUN/checker`) stands beside V(r) and re-derives each step's `a op b=c` alone (`verifiers/check.py`).
 4. **Measure** on held-out problems with G(r) and V(r): greedy accuracy, pass@1 and pass@N of N = `best_of`
    samples, majority vote, verifier best-of-n and weighted vote for n = 1..N, the verifier's AUROC (all samples,
    and within a problem) and error-step F1 (worlds with exact step checks), search accuracy at the two
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ from typing import Any
 from reasonloop.core import (
     JsonlWriter,
     Problem,
+    ReasonloopError,
     RunDir,
     Sample,
     atomic_write_json,
@@ -60,7 +63,14 @@ from reasonloop.core import (
 from reasonloop.engine import HFEngine
 from reasonloop.eval import auroc_within, greedy_accuracy, majority_curve, pass_at_k, save_line_plot
 from reasonloop.models import load_model, save_model
-from reasonloop.recipes.common import BarFactory, finetune_and_save, no_bar, sample_to_file, start_run
+from reasonloop.recipes.common import (
+    BarFactory,
+    finetune_and_save,
+    no_bar,
+    sample_to_file,
+    start_run,
+    train_step_checker,
+)
 from reasonloop.recipes.verifiers import evaluate_verifier
 from reasonloop.search import weighted_vote_pick
 from reasonloop.search.solve import SAMPLING, solve
@@ -108,6 +118,12 @@ class SelfPlayConfig:
     verifier_fresh: int = bounded(0, ge=0)  # samples per training problem from G(r) offered to V(r)'s data first
     verifier_epochs: float = bounded(3.0, gt=0)  # passes over the verifier's data
     verifier_lr: float = bounded(1e-3, gt=0)  # verifier learning rate
+    # V(r) also re-derives each step's claim (`a op b=c`) with a step checker, the base fine-tuned once on
+    # `check_facts` of the world's facts; V(r)'s log-odds plus `check_weight` x the least likely claim
+    # (verifiers/check.py)
+    verifier_check: bool = False
+    check_facts: int = bounded(50_000, ge=1)
+    check_weight: float = bounded(1.0, ge=0)
     mc_k: int = bounded(4, ge=1)  # prm: rollouts per step prefix for the step labels
     best_of: int = bounded(16, ge=1)  # N: samples per held-out problem for pass@N, vote and best-of-n
     eval_budgets: str = "4,16"  # two search budgets measured on the held-out problems every round
@@ -131,6 +147,11 @@ class SelfPlayConfig:
         budgets = self.budget_list
         if len(budgets) != 2 or any(b < 1 for b in budgets):
             raise ValueError(f"eval_budgets: expected two positive integers such as '4,16', got {self.eval_budgets!r}")
+        if self.verifier_check and self.update == "rl" and self.verifier != "bt":
+            raise ValueError(
+                "verifier_check: update rl reads V(r)'s value after each step as a dense reward, which "
+                "the step checker does not give; use verifier: bt or verifier_check: false"
+            )
         if self.update == "step_dpo" and self.search not in SAMPLING:
             raise ValueError(f"update: step_dpo learns from sampled token ids; search {self.search} keeps texts only "
                              "(use best_of_n or weighted_vote)")  # fmt: skip
@@ -194,6 +215,8 @@ class SelfPlay:
         self.cfg, self.bar, self.log = cfg, bar, log
         self.run, self.task, self.train, self.test, self.by_id, self.base = start_run(cfg, run_dir)
         self.truth_fn = getattr(self.task, "first_error", None)
+        if cfg.verifier_check and not hasattr(self.task, "facts"):
+            raise ReasonloopError(f"verifier_check: task {cfg.task!r} has no facts to train a step checker on")
 
     # -- the players --------------------------------------------------------------------------------------------
     def generator_dir(self, r: int) -> Path:
@@ -374,8 +397,24 @@ class SelfPlay:
                               vcfg, delim)  # fmt: skip
         else:
             train_value_verifier(start, prm_examples(*self._mc_values(r)), vdir, vcfg, delim)
-        write_manifest(vdir, kind="value", model="verifier", aggregate="min" if cfg.verifier == "prm" else "last")
+        aggregate = "min" if cfg.verifier == "prm" else "last"
+        if cfg.verifier_check:
+            checker = self.step_checker()
+            write_manifest(vdir, kind="checked", model="verifier", aggregate=aggregate,
+                           checker=os.path.relpath(checker, vdir), weight=cfg.check_weight)  # fmt: skip
+        else:
+            write_manifest(vdir, kind="value", model="verifier", aggregate=aggregate)
         return info
+
+    def step_checker(self) -> Path:
+        """The step checker (`verifier_check`): the base fine-tuned once on `check_facts` of the world's facts,
+        in `RUN/checker` (resumable)."""
+        out = self.run.path / "checker"
+        if not (out / "config.json").exists():
+            self.log(f"training the step checker on {self.cfg.check_facts} of the world's facts")
+        train_step_checker(self.base, self.task, out, self.run.path / "checker-train", self.cfg.check_facts,
+                           seed=self.cfg.seed, bar=self.bar)  # fmt: skip
+        return out
 
     def _round_data(self, k: int) -> list[Sample]:
         return [

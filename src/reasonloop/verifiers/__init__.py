@@ -4,10 +4,12 @@
 - `ValueVerifier`: a value head, trained as an ORM (`orm_examples`), a PRM with Monte-Carlo labels
   (`mc_step_values`, `prm_examples`) or a Bradley-Terry reward model (`train_bt_verifier`);
 - `PavVerifier`: the process advantage verifier (value plus alpha times the prover's advantage);
+- `CheckedVerifier`: a value verifier plus a `StepChecker` that re-derives each step's claim in isolation;
 - `GenRMVerifier`: the generative verifier (P(Yes) after sampled verifications; GenRM-CoT with step checks).
 """
 
 from reasonloop.verifiers.aggregate import STEP_AGGREGATES, aggregate_steps
+from reasonloop.verifiers.check import CheckedVerifier, StepChecker, claim_split
 from reasonloop.verifiers.dpo import DpoVerifier, DpoVerifierConfig, preference_pairs, train_dpo_verifier
 from reasonloop.verifiers.genrm import (
     GenRMConfig,
@@ -33,17 +35,20 @@ from reasonloop.verifiers.value import (
 
 __all__ = [
     "STEP_AGGREGATES",
+    "CheckedVerifier",
     "DpoVerifier",
     "DpoVerifierConfig",
     "GenRMConfig",
     "GenRMVerifier",
     "PavVerifier",
+    "StepChecker",
     "StepExample",
     "StepRollouts",
     "ValueVerifier",
     "ValueVerifierConfig",
     "Verdicts",
     "aggregate_steps",
+    "claim_split",
     "check_pairs",
     "best_of_k_values",
     "mc_step_rollouts",

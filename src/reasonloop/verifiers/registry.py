@@ -5,6 +5,7 @@
     {"kind": "dpo", "policy": "policy", "reference": "/path/to/generator", "aggregate": "sum"}
     {"kind": "genrm", "model": "verifier", "votes": 4, "aggregate": "last"}
     {"kind": "genrm", "model": "verifier", "votes": 4, "checks": true, "max_new_tokens": 300}   # GenRM-CoT
+    {"kind": "checked", "model": "verifier", "aggregate": "last", "checker": "../checker", "weight": 1.0}
 
 Relative paths are relative to the verifier's directory. `load_verifier(dir)`
 returns an object with `score`, `score_steps`, `score_many`, `score_prefixes`
@@ -20,7 +21,7 @@ from typing import Any
 from reasonloop.core import ReasonloopError, atomic_write_json
 
 MANIFEST = "reasonloop_verifier.json"
-KINDS = ("value", "pav", "dpo", "genrm")
+KINDS = ("value", "pav", "dpo", "genrm", "checked")
 
 
 def write_manifest(directory: str | Path, **spec: Any) -> Path:
@@ -34,6 +35,7 @@ def write_manifest(directory: str | Path, **spec: Any) -> Path:
 
 def load_verifier(directory: str | Path):
     """The verifier saved in `directory`; a one-line error if it is not one."""
+    from reasonloop.verifiers.check import CheckedVerifier, StepChecker
     from reasonloop.verifiers.dpo import DpoVerifier
     from reasonloop.verifiers.genrm import GenRMVerifier
     from reasonloop.verifiers.pav import PavVerifier
@@ -69,4 +71,7 @@ def load_verifier(directory: str | Path):
             at("model"), votes=spec.get("votes", 4), aggregate=spec.get("aggregate", "last"),
             checks=spec.get("checks", False), max_new_tokens=spec.get("max_new_tokens", 96),
         )  # fmt: skip
+    if kind == "checked":
+        value = ValueVerifier.from_dir(at("model"), aggregate=spec.get("aggregate", "last"))
+        return CheckedVerifier(value, StepChecker.from_dir(at("checker")), spec.get("weight", 1.0))
     raise ReasonloopError(f"{path}: unknown verifier kind {kind!r}; expected one of {', '.join(KINDS)}")
