@@ -107,6 +107,16 @@ def test_the_checker_learns_the_worlds_claims_and_worlds_without_claims_are_refu
         common.train_step_checker(solver_tiny_dir, ExtractTask(), tmp_path / "e", tmp_path / "t2", 5)
 
 
+def test_the_checker_on_a_world_without_claims_is_one_line_before_anything_runs(tmp_path, solver_tiny_dir, capsys):
+    from reasonloop.cli import main
+
+    sets = [f"model={solver_tiny_dir}", "task=extract", "verifier=bt", "verifier_check=true"]
+    assert main(["selfplay", "--run-dir", str(tmp_path / "run")] + [x for s in sets for x in ("--set", s)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: extract: its facts have no claims (`left=claim`) for a step checker to learn"
+    assert not (tmp_path / "run").exists()
+
+
 def test_selfplay_with_the_step_checker(tmp_path, solver_tiny_dir):
     """verifier_check: the checker is trained once (RUN/checker) and every round's verifier is the value model
     plus it, by a manifest that loads to the same scores as the two put together by hand."""

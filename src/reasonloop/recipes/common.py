@@ -260,11 +260,16 @@ def train_step_checker(
     One pass, batch 64, lr 1e-3."""
     if (ckpt / "config.json").exists():
         return
-    facts = task.facts(n_facts, seed=seed + 7919)
-    pairs = [split for split in map(claim_split, facts) if split is not None]
-    if not pairs:
-        raise ReasonloopError(f"{task.name}: its facts have no claims (`left=claim`) for a step checker to learn")
+    require_claims(task)
+    pairs = [split for split in map(claim_split, task.facts(n_facts, seed=seed + 7919)) if split is not None]
     finetune_and_save(start, pairs, ckpt, train_dir, epochs=1, batch_size=64, lr=1e-3, seed=seed, bar=bar)
+
+
+def require_claims(task) -> None:
+    """A one-line error unless the world's facts state claims (`left=claim`) a step checker can learn."""
+    facts = task.facts(16) if hasattr(task, "facts") else []
+    if not any(claim_split(f) for f in facts):
+        raise ReasonloopError(f"{task.name}: its facts have no claims (`left=claim`) for a step checker to learn")
 
 
 _VLLM_ENGINES: dict[str, Any] = {}  # in-process vLLM holds the GPU: one per architecture, later rounds reload weights

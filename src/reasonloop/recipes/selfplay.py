@@ -49,7 +49,6 @@ from typing import Any
 from reasonloop.core import (
     JsonlWriter,
     Problem,
-    ReasonloopError,
     RunDir,
     Sample,
     atomic_write_json,
@@ -67,6 +66,7 @@ from reasonloop.recipes.common import (
     BarFactory,
     finetune_and_save,
     no_bar,
+    require_claims,
     sample_to_file,
     start_run,
     train_step_checker,
@@ -74,6 +74,7 @@ from reasonloop.recipes.common import (
 from reasonloop.recipes.verifiers import evaluate_verifier
 from reasonloop.search import weighted_vote_pick
 from reasonloop.search.solve import SAMPLING, solve
+from reasonloop.tasks import get_task
 from reasonloop.verifiers import (
     ValueVerifierConfig,
     mc_step_values,
@@ -213,10 +214,10 @@ class SelfPlay:
 
     def __init__(self, cfg: SelfPlayConfig, run_dir: str | Path, bar: BarFactory = no_bar, log=print):
         self.cfg, self.bar, self.log = cfg, bar, log
+        if cfg.verifier_check:  # before the run directory exists
+            require_claims(get_task(cfg.task))
         self.run, self.task, self.train, self.test, self.by_id, self.base = start_run(cfg, run_dir)
         self.truth_fn = getattr(self.task, "first_error", None)
-        if cfg.verifier_check and not hasattr(self.task, "facts"):
-            raise ReasonloopError(f"verifier_check: task {cfg.task!r} has no facts to train a step checker on")
 
     # -- the players --------------------------------------------------------------------------------------------
     def generator_dir(self, r: int) -> Path:
