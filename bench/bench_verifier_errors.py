@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -44,32 +45,6 @@ KINDS = (
     "neither a step nor an answer",
     "no answer",
 )
-
-
-def mistake(task: CountdownTask, problem, steps: list[str]) -> str:
-    """The kind of the first mistake of a solution, or "right"."""
-    if task.is_correct(problem, "\n".join(steps)):
-        return "right"
-    pool, last, target = Counter(problem.meta["numbers"]), None, int(problem.answer)
-    for step in steps:
-        m = STEP_RE.match(step)
-        if not m:
-            if task.extract_answer(step) is None:
-                return "neither a step nor an answer"
-            return "answer line wrong"
-        a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
-        if Counter([a, b]) - pool:
-            return "uses a number it does not have"
-        if c < 0 or (op == "/" and (b == 0 or a % b)) or OPS[op](a, b) != c:
-            return "wrong arithmetic"
-        pool -= Counter([a, b])
-        pool[c] += 1
-        last = c
-        if not reachable(tuple(sorted(pool.elements())), target):
-            return "legal step, target unreachable"
-    return "no answer" if last != target else "answer line wrong"
-
-
 ILLEGAL_KINDS = (
     "reuses a spent number",
     "a number never in play",
@@ -79,30 +54,63 @@ ILLEGAL_KINDS = (
     "neither a step nor an answer",
     "no answer",
 )
+# an illegal step's kind (ILLEGAL_KINDS) as the first-mistake table names it (KINDS)
+COARSE = {
+    "reuses a spent number": "uses a number it does not have",
+    "a number never in play": "uses a number it does not have",
+    "wrong arithmetic landing on the target": "wrong arithmetic",
+    "other wrong arithmetic": "wrong arithmetic",
+    "answer line not the target reached": "answer line wrong",
+    "neither a step nor an answer": "neither a step nor an answer",
+}
 
 
-def illegal_step(task: CountdownTask, problem, steps: list[str]) -> str:
-    """The kind of the first illegal step of a solution (dead ends are legal), or "right"."""
-    if task.is_correct(problem, "\n".join(steps)):
-        return "right"
+def walk(task: CountdownTask, problem, steps: list[str]) -> Iterator[tuple[str | None, Counter, int]]:
+    """Countdown's checker over a solution: for each legal operation `(None, numbers left, its result)`; at the
+    first illegal step or the first line that is not an operation, `(its kind, ...)` and no more."""
     given = set(problem.meta["numbers"])
     pool, made, target = Counter(problem.meta["numbers"]), set(), int(problem.answer)
     for step in steps:
         m = STEP_RE.match(step)
         if not m:
             if task.extract_answer(step) is None:
-                return "neither a step nor an answer"
-            return "answer line not the target reached"
+                yield "neither a step nor an answer", pool, 0
+            else:
+                yield "answer line not the target reached", pool, 0
+            return
         a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
         missing = Counter([a, b]) - pool
         if missing:
-            return "reuses a spent number" if set(missing) & (given | made) else "a number never in play"
+            yield ("reuses a spent number" if set(missing) & (given | made) else "a number never in play"), pool, c
+            return
         if c < 0 or (op == "/" and (b == 0 or a % b)) or OPS[op](a, b) != c:
-            return "wrong arithmetic landing on the target" if c == target else "other wrong arithmetic"
+            yield ("wrong arithmetic landing on the target" if c == target else "other wrong arithmetic"), pool, c
+            return
         pool -= Counter([a, b])
         pool[c] += 1
         made.add(c)
-    return "no answer"
+        yield None, pool, c
+
+
+def mistake(task: CountdownTask, problem, steps: list[str]) -> str:
+    """The kind of the first mistake of a solution (KINDS; a dead end counts), or "right"."""
+    if task.is_correct(problem, "\n".join(steps)):
+        return "right"
+    last, target = None, int(problem.answer)
+    for kind, pool, c in walk(task, problem, steps):
+        if kind is not None:
+            return COARSE[kind]
+        last = c
+        if not reachable(tuple(sorted(pool.elements())), target):
+            return "legal step, target unreachable"
+    return "no answer" if last != target else "answer line wrong"
+
+
+def illegal_step(task: CountdownTask, problem, steps: list[str]) -> str:
+    """The kind of the first illegal step of a solution (ILLEGAL_KINDS; dead ends are legal), or "right"."""
+    if task.is_correct(problem, "\n".join(steps)):
+        return "right"
+    return next((kind for kind, _, _ in walk(task, problem, steps) if kind is not None), "no answer")
 
 
 def main() -> int:
