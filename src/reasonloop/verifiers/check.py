@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from reasonloop.core import Problem
+from reasonloop.train.losses import token_logprobs
 from reasonloop.verifiers.value import ValueVerifier
 
 _EPS = 1e-6
@@ -77,11 +78,9 @@ class StepChecker:
     @torch.no_grad()
     def claim_logprobs(self, steps: Sequence[str]) -> list[float | None]:
         """Per step: log P(claim | left side), or None for a step without a claim (cached by step text)."""
-        todo = sorted({s for s in steps if s not in self._cache})
-        for s in todo:
-            if claim_split(s) is None:
-                self._cache[s] = None
-        todo = [s for s in todo if s not in self._cache]
+        new = sorted({s for s in steps if s not in self._cache})
+        self._cache.update({s: None for s in new if claim_split(s) is None})
+        todo = [s for s in new if s not in self._cache]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for c in range(0, len(todo), self.batch_size):
             chunk = todo[c : c + self.batch_size]
@@ -93,8 +92,7 @@ class StepChecker:
                 ids[r, : len(row)] = torch.tensor(row)
                 mask[r, : len(row)] = 1
             self.tokens_scored += int(mask.sum())
-            logp = self.model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
-            token_lp = logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]  # token t+1 given the tokens up to t
+            token_lp = token_logprobs(self.model(input_ids=ids, attention_mask=mask).logits, ids)  # (B, T-1)
             for r, (s, (row, n_claim)) in enumerate(zip(chunk, rows)):
                 n = len(row)
                 self._cache[s] = float(token_lp[r, n - 1 - n_claim : n - 1].sum()) if n_claim > 0 else None
